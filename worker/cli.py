@@ -1,0 +1,166 @@
+"""The `segd` command: a thin argparse layer over typed functions that return an exit code.
+
+Heavy modules (torch, sam2) are imported inside the commands that need them, so `segd --help`
+and `segd models fetch` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from worker import __version__
+from worker.config import Config, load_config
+from worker.errors import EXIT_FAILED_INPUTS, EXIT_OK, SegdError
+
+log = logging.getLogger("segd")
+
+
+def _collect_inputs(images: list[Path], mask: Path | None) -> list[tuple[Path, Path | None]]:
+    """Pair each image with its region mask: --mask for a single image, else `<stem>.mask.png`
+    beside it when present. Mask files named among the images are used as masks, not images."""
+    from worker.inputs import MASK_SUFFIX, mask_path_for
+
+    images = [p for p in images if not (len(images) > 1 and p.name.lower().endswith(MASK_SUFFIX))]
+    if mask is not None:
+        return [(images[0], mask)]
+    pairs = []
+    for image in images:
+        candidate = mask_path_for(image)
+        pairs.append((image, candidate if candidate.is_file() else None))
+    return pairs
+
+
+def cmd_segment(config: Config, images: list[Path], mask: Path | None, out: Path | None) -> int:
+    """Segment image files with one loaded model; print where each result went."""
+    from worker.errors import BadInput
+    from worker.inputs import image_stem
+    from worker.model import SamModel
+    from worker.pipeline import segment_file
+    from worker.segmenter import Segmenter
+
+    if mask is not None and len(images) != 1:
+        print("segd segment: --mask goes with a single image; with several, put <stem>.mask.png beside each", file=sys.stderr)
+        return EXIT_FAILED_INPUTS
+    out_root = out if out is not None else config.paths.outbox
+    pairs = _collect_inputs(images, mask)
+    segmenter = Segmenter(SamModel.load(config), config)
+    if segmenter.model.info.random_weights:
+        print("segd: using RANDOM weights (model.checkpoint = random): results show the plumbing, not real segments", file=sys.stderr)
+
+    failures, seen = 0, {}
+    for image, region in pairs:
+        stem = image_stem(image)
+        try:
+            if stem in seen:
+                raise BadInput(image, f"has the same name as {seen[stem]}; both would write {out_root / stem}")
+            seen[stem] = image
+            folder = segment_file(segmenter, image, region, out_root)
+        except SegdError as exc:
+            failures += 1
+            print(f"FAILED {exc}", file=sys.stderr)
+            continue
+        except Exception as exc:  # a bug, not a bad input: say so, keep going with the others
+            failures += 1
+            print(f"FAILED {image}: internal error {type(exc).__name__}: {exc}", file=sys.stderr)
+            log.debug("traceback for %s:\n%s", image, traceback.format_exc())
+            continue
+        print(folder)
+    return EXIT_FAILED_INPUTS if failures else EXIT_OK
+
+
+def cmd_models_fetch(config: Config, size: str, version: str | None, base_url: str | None) -> int:
+    """Download an official checkpoint into <paths.models>/base/."""
+    from worker.checkpoints import fetch
+
+    version = version or config.model.version
+    expected = config.model.checkpoint_sha256 if (version, size) == (config.model.version, config.model.size) else None
+    path = fetch(version, size, config.paths.models, base_url=base_url, expected_sha256=expected)
+    print(path)
+    return EXIT_OK
+
+
+def cmd_config(config: Config) -> int:
+    """Print the effective configuration (file + environment) as YAML."""
+    import yaml
+
+    print(f"# from {config.source}")
+    print(yaml.safe_dump(config.model_dump(mode="json", exclude={"source"}), sort_keys=False), end="")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="config file (default: $SEGD_CONFIG, else ./config.yaml if present); "
+        "SEGD_<SECTION>__<KEY> variables override its keys",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="log more (tracebacks for internal errors)")
+
+    parser = argparse.ArgumentParser(
+        prog="segd",
+        description="Hot-folder segmentation with SAM2: images in, index and colour segmentation maps out.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"segd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    segment = commands.add_parser(
+        "segment",
+        parents=[common],
+        help="segment image files now, without the service",
+        description="Segment images with the configured model (the worker's exact code path, without Redis). "
+        "Each result goes to DIR/<stem>/; a line per failure names the file and the reason.",
+    )
+    segment.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="jpg, png, tif, bmp or webp files")
+    segment.add_argument("--mask", type=Path, metavar="MASK", help="region mask for a single IMAGE (non-zero = segment here); "
+                         "with several images, <stem>.mask.png beside each is used when present")
+    segment.add_argument("--out", type=Path, metavar="DIR", help="where result folders go (default: paths.outbox)")
+
+    models = commands.add_parser("models", parents=[common], help="manage model checkpoints",
+                                 description="Manage model checkpoints.")
+    models_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    fetch = models_commands.add_parser(
+        "fetch",
+        parents=[common],
+        help="download an official SAM2/SAM2.1 checkpoint",
+        description="Download an official checkpoint into <paths.models>/base/ with a progress bar; an "
+        "interrupted download resumes. Offline, it prints where to place the file by hand.",
+    )
+    fetch.add_argument("size", choices=["tiny", "small", "base_plus", "large"])
+    fetch.add_argument("--version", dest="model_version", choices=["sam2", "sam2.1"], help="default: model.version")
+    fetch.add_argument("--base-url", metavar="URL", help="a mirror of Meta's download folder")
+
+    commands.add_parser("config", parents=[common], help="print the effective configuration",
+                        description="Print the configuration after the file and SEGD_* overrides are applied.")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse `argv`, run the command, map segd's errors to exit codes."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+        if args.command == "segment":
+            return cmd_segment(config, args.images, args.mask, args.out)
+        if args.command == "models" and args.models_command == "fetch":
+            return cmd_models_fetch(config, args.size, args.model_version, args.base_url)
+        if args.command == "config":
+            return cmd_config(config)
+    except SegdError as exc:
+        print(f"segd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def main() -> None:
+    sys.exit(run())
