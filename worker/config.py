@@ -185,14 +185,6 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, Any]], 
     return overrides, names
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    paths = data.get("paths")
-    if isinstance(paths, dict):
-        for key, value in paths.items():
-            if isinstance(value, str | Path) and not Path(value).is_absolute():
-                paths[key] = str(base / value)
-
-
 def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Config:
     """Load and validate the configuration.
 
@@ -241,9 +233,13 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
             raise ConfigError(f"{source}: section {section!r} must be a mapping of keys, got {values!r}")
         if values is None:
             data[section] = {}
-    _resolve_paths(data, base)
     try:
-        return Config(**data, source=source)
+        config = Config(**data, source=source)
     except ValidationError as exc:
         lines = [_describe(err, source) for err in exc.errors()]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    resolved = {
+        key: value if value.is_absolute() else base / value
+        for key, value in config.paths.model_dump().items()
+    }
+    return config.model_copy(update={"paths": config.paths.model_copy(update=resolved)})

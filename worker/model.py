@@ -290,7 +290,9 @@ class SamModel:
         """SAM2's own SAM2ImagePredictor around this model (for comparisons), sized correctly."""
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-        predictor = SAM2ImagePredictor(self.sam)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            predictor = SAM2ImagePredictor(self.sam)
         predictor._bb_feat_sizes = list(self.feature_sizes)
         return predictor
 

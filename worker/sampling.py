@@ -107,6 +107,10 @@ class CoverageSampler:
         self.budget = budget
         self.used = 0
         self.covered_lr = np.zeros_like(region_lr)
+        # Cells around every point already handed out: a point whose mask was rejected must not
+        # be proposed again, or coverage mode would spend its budget on one spot.
+        self._tried_lr = np.zeros(region_lr.shape, np.uint8)
+        self._tried_radius = max(1, min(region_lr.shape) // 64)
         self._area_lr = max(int(region_lr.sum()), 1)
         self._scale = np.array(
             [region.shape[1] / region_lr.shape[1], region.shape[0] / region_lr.shape[0]], np.float32
@@ -133,7 +137,7 @@ class CoverageSampler:
         Uses a distance transform; after each pick, the disc it reaches is marked as taken so the
         next point goes to the next-largest uncovered part.
         """
-        free = (self.region_lr & ~self.covered_lr).astype(np.uint8)
+        free = (self.region_lr & ~self.covered_lr & ~self._tried_lr.astype(bool)).astype(np.uint8)
         picked = []
         for _ in range(count):
             if not free.any():
@@ -172,6 +176,9 @@ class CoverageSampler:
         if len(batch) < size:
             batch = np.concatenate([batch, self._uncovered_centres(size - len(batch))])
         self.used += len(batch)
+        cx, cy = self._to_lr(batch)
+        for x, y in zip(cx.tolist(), cy.tolist(), strict=True):
+            cv2.circle(self._tried_lr, (x, y), self._tried_radius, 1, thickness=-1)
         return batch
 
     def accept(self, masks_lr: np.ndarray) -> None:

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks (`make bench`); they print tables and never fail on a timing."""

@@ -1,0 +1,115 @@
+"""worker.sampling: where point prompts go."""
+
+import numpy as np
+import pytest
+
+from worker import sampling
+
+
+def _region() -> np.ndarray:
+    region = np.zeros((120, 160), bool)
+    region[20:100, 30:140] = True
+    region[50:70, 60:100] = False  # a hole
+    return region
+
+
+def _inside(region, points) -> bool:
+    return bool(region[points[:, 1].astype(int), points[:, 0].astype(int)].all())
+
+
+def test_random_points_are_seeded_distinct_and_inside_the_region():
+    """Random mode: same seed, same points; no repeats; every point inside the region."""
+    region = _region()
+    a = sampling.random_points(region, 30, seed=7)
+    b = sampling.random_points(region, 30, seed=7)
+    c = sampling.random_points(region, 30, seed=8)
+    assert a.shape == (30, 2) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert len(np.unique(a, axis=0)) == 30
+    assert _inside(region, a)
+
+
+def test_random_points_without_a_mask_cover_the_whole_image_and_stop_at_the_region_size():
+    """No mask: points anywhere; a region smaller than the count gives each of its pixels once."""
+    full = np.ones((50, 60), bool)
+    points = sampling.random_points(full, 100, seed=0)
+    assert len(np.unique(points, axis=0)) == 100 and _inside(full, points)
+    tiny = np.zeros((50, 60), bool)
+    tiny[10, 10:15] = True
+    assert len(sampling.random_points(tiny, 30, seed=0)) == 5
+
+
+@pytest.mark.parametrize("count", [1, 7, 30, 100, 500])
+def test_grid_points_give_the_requested_count_evenly_inside_the_region(count):
+    """Grid mode: exactly `count` points (the region is big enough), all inside, evenly spaced."""
+    region = _region()
+    points = sampling.grid_points(region, count)
+    assert len(points) == count
+    assert _inside(region, points)
+    if count >= 30:
+        # Even: no two points much closer than the lattice step for this density.
+        step = np.sqrt(region.sum() / count)
+        diff = points[:, None, :] - points[None, :, :]
+        dist = np.sqrt((diff**2).sum(-1)) + np.eye(count) * 1e9
+        assert dist.min() >= 0.4 * step
+
+
+def test_grid_points_are_deterministic():
+    """Grid mode has no randomness at all."""
+    region = _region()
+    np.testing.assert_array_equal(sampling.grid_points(region, 30), sampling.grid_points(region, 30))
+
+
+def test_region_at_low_resolution_keeps_cells_that_are_mostly_inside():
+    """A region is shrunk to the decoder's mask size by area: a cell counts when half of it is inside."""
+    region = np.zeros((100, 100), bool)
+    region[:, :50] = True
+    small = sampling.region_at(region, (10, 10))
+    assert small.shape == (10, 10)
+    assert small[:, :5].all() and not small[:, 5:].any()
+
+
+def test_coverage_sampler_skips_pending_points_inside_accepted_masks():
+    """Coverage mode: once a mask covers an area, pending points there are never handed out."""
+    region = np.ones((64, 64), bool)
+    sampler = sampling.CoverageSampler(region, region.copy(), budget=16, seed=0)
+    first = sampler.next_batch(4, target=0.99)
+    assert len(first) == 4
+    covered = np.zeros((1, 64, 64), bool)
+    covered[0, :, :32] = True  # the left half is now covered
+    sampler.accept(covered)
+    rest = []
+    while len(batch := sampler.next_batch(4, target=0.99)):
+        rest.append(batch)
+    rest = np.concatenate(rest)
+    assert (rest[:, 0] >= 32).all(), "a pending point inside the covered half was decoded"
+    assert sampler.used == 4 + len(rest) <= 16
+
+
+def test_coverage_sampler_places_new_points_in_the_largest_uncovered_area_and_never_twice():
+    """When pending points run out, new ones go to the middle of what is still uncovered, each once."""
+    region = np.ones((64, 64), bool)
+    sampler = sampling.CoverageSampler(region, region.copy(), budget=12, seed=0)
+    sampler._pending = sampler._pending[:0]  # as if every lattice point had been used
+    covered = np.ones((1, 64, 64), bool)
+    covered[0, 40:60, 40:60] = False  # one uncovered square
+    sampler.accept(covered)
+    (x, y), *_ = sampler.next_batch(1, target=0.999)
+    assert 45 <= x <= 54 and 45 <= y <= 54
+    again = sampler.next_batch(1, target=0.999)  # nothing was accepted for it: go elsewhere
+    assert np.abs(again[0] - (x, y)).max() >= 1
+
+
+def test_coverage_sampler_stops_at_the_target_or_the_budget():
+    """No points are handed out once coverage reaches the target, nor past the budget."""
+    region = np.ones((32, 32), bool)
+    sampler = sampling.CoverageSampler(region, region.copy(), budget=10, seed=0)
+    sampler.accept(np.ones((1, 32, 32), bool))
+    assert sampler.coverage == 1.0
+    assert len(sampler.next_batch(8, target=0.95)) == 0
+    sampler = sampling.CoverageSampler(region, region.copy(), budget=10, seed=0)
+    total = 0
+    while len(batch := sampler.next_batch(4, target=0.95)):
+        total += len(batch)
+    assert total == 10
