@@ -261,7 +261,7 @@ def test_checkpoint_of_another_size_is_refused(server, models_dir, tiny_checkpoi
 
 
 def test_file_that_is_not_a_checkpoint_is_refused(server, models_dir):
-    """Random bytes served under the tiny checkpoint's name fail as not loadable, and are removed."""
+    """Random bytes served as the tiny checkpoint fail as not loadable, and are removed."""
     junk = server.root / TINY_NAME
     junk.unlink()
     junk.write_bytes(os.urandom(64 * 1024))

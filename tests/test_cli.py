@@ -20,14 +20,18 @@ SEGD = str(Path(sys.executable).with_name("segd"))
 def _run(args, cwd, **env):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEGD_")}
     full_env.update(TINY, **env)
-    return subprocess.run([SEGD, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [SEGD, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_segment_with_a_region_mask_writes_all_five_files_inside_the_region(tmp_path, data_dir):
     """`segd segment IMAGE --mask MASK`: five files in outbox/<stem>/, segments only inside the
     region, RLEs that decode to exactly the index map, a uint16 original-size index.png."""
     image, mask = data_dir / "labpics_sample_image.jpg", data_dir / "labpics_sample_region_mask.png"
-    proc = _run(["segment", str(image), "--mask", str(mask)], tmp_path, SEGD_MODEL__CHECKPOINT="random")
+    proc = _run(
+        ["segment", str(image), "--mask", str(mask)], tmp_path, SEGD_MODEL__CHECKPOINT="random"
+    )
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "outbox" / "labpics_sample_image"
     assert proc.stdout.strip() == str(folder)
@@ -43,7 +47,9 @@ def test_segment_with_a_region_mask_writes_all_five_files_inside_the_region(tmp_
     assert [s["id"] for s in segments] == list(range(1, index.max() + 1))
     rebuilt = np.zeros_like(index)
     for seg in segments:
-        decoded = mask_utils.decode({"size": seg["rle"]["size"], "counts": seg["rle"]["counts"].encode()})
+        decoded = mask_utils.decode(
+            {"size": seg["rle"]["size"], "counts": seg["rle"]["counts"].encode()}
+        )
         assert decoded.sum() == seg["area"]
         rebuilt[decoded.astype(bool)] = seg["id"]
     np.testing.assert_array_equal(rebuilt, index)
@@ -54,7 +60,9 @@ def test_segment_with_a_region_mask_writes_all_five_files_inside_the_region(tmp_
     assert manifest["settings"]["sampling"]["points"] == 30
 
 
-def test_several_images_share_one_model_and_each_failure_gets_one_line(tmp_path, data_dir, tiny_checkpoint):
+def test_several_images_share_one_model_and_each_failure_gets_one_line(
+    tmp_path, data_dir, tiny_checkpoint
+):
     """Good and bad inputs in one call: results for the good, a line per bad file naming it and
     the reason, exit status 1; `<stem>.mask.png` beside an image is used as its region."""
     shutil.copy(data_dir / "labpics_sample_image.jpg", tmp_path / "vessel.jpg")
@@ -64,7 +72,11 @@ def test_several_images_share_one_model_and_each_failure_gets_one_line(tmp_path,
     truncated = (data_dir / "truck.jpg").read_bytes()
     (tmp_path / "truck.jpg").write_bytes(truncated[: len(truncated) // 2])
     names = ["vessel.jpg", "vessel.mask.png", "groceries.jpg", "notes.png", "truck.jpg"]
-    proc = _run(["segment", *names, "--out", "results"], tmp_path, SEGD_MODEL__CHECKPOINT=str(tiny_checkpoint))
+    proc = _run(
+        ["segment", *names, "--out", "results"],
+        tmp_path,
+        SEGD_MODEL__CHECKPOINT=str(tiny_checkpoint),
+    )
     assert proc.returncode == 1
     assert sorted(os.listdir(tmp_path / "results")) == ["groceries", "vessel"]
     failures = [line for line in proc.stderr.splitlines() if line.startswith("FAILED")]

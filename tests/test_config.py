@@ -25,7 +25,9 @@ def test_an_unknown_key_names_the_key_and_the_allowed_ones(tmp_path):
     """A typo is an error that names the file, the key and what is allowed."""
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  sise: tiny\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'model\.sise'; allowed here: version, size"):
+    with pytest.raises(
+        ConfigError, match=r"c\.yaml: unknown key 'model\.sise'; allowed here: version, size"
+    ):
         load_config(path, environ={})
 
 
@@ -33,7 +35,10 @@ def test_a_bad_value_names_the_key_the_value_and_what_is_allowed(tmp_path):
     """A bad value is an error with key, value and the allowed values."""
     path = tmp_path / "c.yaml"
     path.write_text("sampling:\n  mode: everywhere\n")
-    with pytest.raises(ConfigError, match=r"sampling\.mode = 'everywhere': Input should be 'random', 'grid' or 'coverage'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sampling\.mode = 'everywhere': Input should be 'random', 'grid' or 'coverage'",
+    ):
         load_config(path, environ={})
     path.write_text("model:\n  device: gpu7\n")
     with pytest.raises(ConfigError, match=r"model\.device = 'gpu7'.*auto, cpu, cuda or cuda:N"):

@@ -47,17 +47,25 @@ def test_a_checkpoint_of_another_size_fails_with_what_it_is(tmp_path):
     """A SAM2.1 small checkpoint configured as tiny: the error names both and the fix."""
     small = SamModel.load(tiny_config(tmp_path, SEGD_MODEL__SIZE="small"))
     path = save_official_checkpoint(small.sam, tmp_path / "small.pt")
-    with pytest.raises(ModelError, match=r"does not match sam2\.1 tiny: .*tensors differ in shape|"
-                       r"does not match sam2\.1 tiny: .*missing") as info:
+    with pytest.raises(
+        ModelError,
+        match=r"does not match sam2\.1 tiny: .*tensors differ in shape|"
+        r"does not match sam2\.1 tiny: .*missing",
+    ) as info:
         SamModel.load(tiny_config(tmp_path, SEGD_MODEL__CHECKPOINT=str(path)))
-    assert "looks like a sam2.1 small checkpoint; set model.version: sam2.1 and model.size: small" in str(info.value)
+    assert (
+        "looks like a sam2.1 small checkpoint; set model.version: sam2.1 and model.size: small"
+        in str(info.value)
+    )
 
 
 def test_a_sam2_checkpoint_configured_as_sam2_1_fails_with_the_fix(tmp_path):
     """SAM2 (2024-07) weights under a SAM2.1 config: missing keys, and the message says sam2."""
     old = SamModel.load(tiny_config(tmp_path, SEGD_MODEL__VERSION="sam2"))
     path = save_official_checkpoint(old.sam, tmp_path / "sam2_tiny.pt")
-    with pytest.raises(ModelError, match=r"missing .*looks like a sam2 tiny checkpoint; set model\.version: sam2"):
+    with pytest.raises(
+        ModelError, match=r"missing .*looks like a sam2 tiny checkpoint; set model\.version: sam2"
+    ):
         SamModel.load(tiny_config(tmp_path, SEGD_MODEL__CHECKPOINT=str(path)))
 
 
@@ -90,8 +98,11 @@ def test_a_wrong_checksum_is_refused(tiny_checkpoint, tmp_path):
     """model.checkpoint_sha256 set: a file with another digest does not load."""
     with pytest.raises(ModelError, match="differs from model.checkpoint_sha256"):
         SamModel.load(
-            tiny_config(tmp_path, SEGD_MODEL__CHECKPOINT=str(tiny_checkpoint),
-                        SEGD_MODEL__CHECKPOINT_SHA256="0" * 64)
+            tiny_config(
+                tmp_path,
+                SEGD_MODEL__CHECKPOINT=str(tiny_checkpoint),
+                SEGD_MODEL__CHECKPOINT_SHA256="0" * 64,
+            )
         )
 
 
@@ -114,17 +125,23 @@ def test_decode_keeps_sam2s_best_mask_per_point_at_low_resolution(tiny_model, da
     np.testing.assert_allclose(iou.numpy(), ref_iou, atol=1e-5)
     np.testing.assert_allclose(logits.clamp(-32, 32).numpy(), ref_low, atol=1e-4)
 
-    best = prediction.propose(tiny_model, features, 0, points, multimask=True, batch=3, threshold=0.0)
+    best = prediction.propose(
+        tiny_model, features, 0, points, multimask=True, batch=3, threshold=0.0
+    )
     rows = np.arange(4)
     np.testing.assert_allclose(best.scores.numpy(), ref_iou.max(1), atol=1e-5)
-    np.testing.assert_allclose(best.logits.clamp(-32, 32).numpy(), ref_low[rows, ref_iou.argmax(1)], atol=1e-4)
+    np.testing.assert_allclose(
+        best.logits.clamp(-32, 32).numpy(), ref_low[rows, ref_iou.argmax(1)], atol=1e-4
+    )
 
 
 def test_upsampling_only_kept_masks_matches_full_size_thresholding():
     """upsample_masks (chunked, straight to bool) equals interpolating everything and thresholding."""
     logits = torch.randn(11, 16, 16) * 4
     masks = prediction.upsample_masks(logits, (50, 70), threshold=0.0, chunk=4)
-    full = torch.nn.functional.interpolate(logits[:, None], (50, 70), mode="bilinear", align_corners=False)
+    full = torch.nn.functional.interpolate(
+        logits[:, None], (50, 70), mode="bilinear", align_corners=False
+    )
     assert masks.dtype == torch.bool
     torch.testing.assert_close(masks, full[:, 0] > 0)
 

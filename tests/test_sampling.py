@@ -58,7 +58,9 @@ def test_grid_points_give_the_requested_count_evenly_inside_the_region(count):
 def test_grid_points_are_deterministic():
     """Grid mode has no randomness at all."""
     region = _region()
-    np.testing.assert_array_equal(sampling.grid_points(region, 30), sampling.grid_points(region, 30))
+    np.testing.assert_array_equal(
+        sampling.grid_points(region, 30), sampling.grid_points(region, 30)
+    )
 
 
 def test_region_at_low_resolution_keeps_cells_that_are_mostly_inside():
@@ -113,3 +115,18 @@ def test_coverage_sampler_stops_at_the_target_or_the_budget():
     while len(batch := sampler.next_batch(4, target=0.95)):
         total += len(batch)
     assert total == 10
+
+
+def test_coverage_sampler_stops_when_a_round_adds_almost_nothing():
+    """A round of prompts in uncovered spots that adds < min_gain of the region ends coverage mode."""
+    region = np.ones((64, 64), bool)
+    sampler = sampling.CoverageSampler(region, region.copy(), budget=40, seed=0, min_gain=0.01)
+    half = np.zeros((1, 64, 64), bool)
+    half[0, :, :32] = True
+    assert len(sampler.next_batch(4, target=0.99)) == 4
+    sampler.accept(half)  # +50 %: keep going
+    assert len(sampler.next_batch(4, target=0.99)) == 4
+    sampler.accept(np.zeros((0, 64, 64), bool))  # nothing new
+    assert sampler.last_gain == 0.0
+    assert len(sampler.next_batch(4, target=0.99)) == 0
+    assert sampler.used == 8

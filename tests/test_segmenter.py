@@ -50,7 +50,12 @@ def _instances(hw=(120, 160), cells=12, seed=0) -> np.ndarray:
 
 
 def _config(tmp_path, **env):
-    base = {"SEGD_STITCHING__MIN_AREA": "0", "SEGD_SAMPLING__BATCH": "4"}
+    # min_gain 0: these tests measure how many points reach a coverage, so never stop early.
+    base = {
+        "SEGD_STITCHING__MIN_AREA": "0",
+        "SEGD_SAMPLING__BATCH": "4",
+        "SEGD_SAMPLING__MIN_GAIN": "0",
+    }
     return tiny_config(tmp_path, **{**base, **env})
 
 
@@ -73,8 +78,12 @@ def test_oracle_pipeline_reproduces_the_instance_map(tmp_path, mode):
     """Given enough points, every synthetic instance comes back with IoU ≥ 0.95."""
     truth = _instances()
     image = np.zeros((*truth.shape, 3), np.uint8)
-    cfg = _config(tmp_path, SEGD_SAMPLING__MODE=mode, SEGD_SAMPLING__POINTS="400",
-                  SEGD_SAMPLING__COVERAGE_TARGET="1.0")
+    cfg = _config(
+        tmp_path,
+        SEGD_SAMPLING__MODE=mode,
+        SEGD_SAMPLING__POINTS="400",
+        SEGD_SAMPLING__COVERAGE_TARGET="1.0",
+    )
     result = Segmenter(OraclePredictor(truth), cfg).segment(image)
     ious = _per_instance_iou(truth, result.index_map)
     assert min(ious) >= 0.95, ious
@@ -88,8 +97,7 @@ def test_oracle_pipeline_respects_the_region_and_background(tmp_path):
     region = np.zeros(truth.shape, bool)
     region[10:110, 10:150] = True
     oracle = OraclePredictor(truth)
-    cfg = _config(tmp_path, SEGD_SAMPLING__MODE="grid",
-                  SEGD_SAMPLING__POINTS="400")
+    cfg = _config(tmp_path, SEGD_SAMPLING__MODE="grid", SEGD_SAMPLING__POINTS="400")
     result = Segmenter(oracle, cfg).segment(np.zeros((*truth.shape, 3), np.uint8), region)
     assert not result.index_map[~region].any()
     assert not result.index_map[truth == 0].any()
@@ -104,8 +112,12 @@ def _points_to_reach(tmp_path, mode: str, truth, target: float) -> int:
     image = np.zeros((*truth.shape, 3), np.uint8)
     for budget in range(2, 400, 2):
         oracle = OraclePredictor(truth)
-        cfg = _config(tmp_path, SEGD_SAMPLING__MODE=mode, SEGD_SAMPLING__POINTS=str(budget),
-                      SEGD_SAMPLING__COVERAGE_TARGET=str(target))
+        cfg = _config(
+            tmp_path,
+            SEGD_SAMPLING__MODE=mode,
+            SEGD_SAMPLING__POINTS=str(budget),
+            SEGD_SAMPLING__COVERAGE_TARGET=str(target),
+        )
         result = Segmenter(oracle, cfg).segment(image)
         if result.coverage >= target:
             return oracle.decoded_points
@@ -126,7 +138,9 @@ def test_same_seed_same_map_with_the_real_model(tmp_path, tiny_model, data_dir):
     from worker import inputs
 
     cfg = tiny_config(tmp_path)
-    image = inputs.decode_image(inputs.read_file(data_dir / "labpics_sample_image.jpg", 2**30), 10**8)
+    image = inputs.decode_image(
+        inputs.read_file(data_dir / "labpics_sample_image.jpg", 2**30), 10**8
+    )
     region = inputs.decode_region_mask(
         inputs.read_file(data_dir / "labpics_sample_region_mask.png", 2**30), image.shape[:2], 10**8
     )

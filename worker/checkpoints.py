@@ -134,7 +134,9 @@ def fetch(
     expected = expected_sha256 or recorded_sha256(dest)
     if dest.is_file():
         if expected and sha256_file(dest) != expected:
-            raise FetchError(f"{dest}: sha256 differs from the expected {expected}; delete it to fetch again")
+            raise FetchError(
+                f"{dest}: sha256 differs from the expected {expected}; delete it to fetch again"
+            )
         return dest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -150,10 +152,14 @@ def fetch(
         if exc.code == 416 and done:  # the partial file is already complete
             response = None
         else:
-            raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}; {offline_hint(version, size, dest)}") from None
+            raise FetchError(
+                f"{url}: HTTP {exc.code} {exc.reason}; {offline_hint(version, size, dest)}"
+            ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise FetchError(f"cannot reach {url} ({reason}); {offline_hint(version, size, dest)}") from None
+        raise FetchError(
+            f"cannot reach {url} ({reason}); {offline_hint(version, size, dest)}"
+        ) from None
 
     total = done
     if response is not None:
@@ -193,7 +199,9 @@ def fetch(
     digest = sha256_file(part)
     if expected and digest != expected:
         part.unlink()
-        raise FetchError(f"{url}: sha256 {digest} differs from the expected {expected}; the download was removed")
+        raise FetchError(
+            f"{url}: sha256 {digest} differs from the expected {expected}; the download was removed"
+        )
     try:
         verify_structure(part, version, size)
     except FetchError:

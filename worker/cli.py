@@ -43,20 +43,28 @@ def cmd_segment(config: Config, images: list[Path], mask: Path | None, out: Path
     from worker.segmenter import Segmenter
 
     if mask is not None and len(images) != 1:
-        print("segd segment: --mask goes with a single image; with several, put <stem>.mask.png beside each", file=sys.stderr)
+        print(
+            "segd segment: --mask goes with a single image; with several, put <stem>.mask.png beside each",
+            file=sys.stderr,
+        )
         return EXIT_FAILED_INPUTS
     out_root = out if out is not None else config.paths.outbox
     pairs = _collect_inputs(images, mask)
     segmenter = Segmenter(SamModel.load(config), config)
     if segmenter.model.info.random_weights:
-        print("segd: using RANDOM weights (model.checkpoint = random): results show the plumbing, not real segments", file=sys.stderr)
+        print(
+            "segd: using RANDOM weights (model.checkpoint = random): results show the plumbing, not real segments",
+            file=sys.stderr,
+        )
 
     failures, seen = 0, {}
     for image, region in pairs:
         stem = image_stem(image)
         try:
             if stem in seen:
-                raise BadInput(image, f"has the same name as {seen[stem]}; both would write {out_root / stem}")
+                raise BadInput(
+                    image, f"has the same name as {seen[stem]}; both would write {out_root / stem}"
+                )
             seen[stem] = image
             folder = segment_file(segmenter, image, region, out_root)
         except SegdError as exc:
@@ -77,7 +85,11 @@ def cmd_models_fetch(config: Config, size: str, version: str | None, base_url: s
     from worker.checkpoints import fetch
 
     version = version or config.model.version
-    expected = config.model.checkpoint_sha256 if (version, size) == (config.model.version, config.model.size) else None
+    expected = (
+        config.model.checkpoint_sha256
+        if (version, size) == (config.model.version, config.model.size)
+        else None
+    )
     path = fetch(version, size, config.paths.models, base_url=base_url, expected_sha256=expected)
     print(path)
     return EXIT_OK
@@ -88,7 +100,20 @@ def cmd_config(config: Config) -> int:
     import yaml
 
     print(f"# from {config.source}")
-    print(yaml.safe_dump(config.model_dump(mode="json", exclude={"source"}), sort_keys=False), end="")
+    print(
+        yaml.safe_dump(config.model_dump(mode="json", exclude={"source"}), sort_keys=False), end=""
+    )
+    return EXIT_OK
+
+
+def cmd_status(config: Config, as_json: bool) -> int:
+    """Print the service's state."""
+    import json
+
+    from worker import status
+
+    data = status.collect(config)
+    print(json.dumps(data, indent=2) if as_json else status.render(data))
     return EXIT_OK
 
 
@@ -101,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (default: $SEGD_CONFIG, else ./config.yaml if present); "
         "SEGD_<SECTION>__<KEY> variables override its keys",
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="log more (tracebacks for internal errors)")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="log more (tracebacks for internal errors)"
+    )
 
     parser = argparse.ArgumentParser(
         prog="segd",
@@ -118,13 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment images with the configured model (the worker's exact code path, without Redis). "
         "Each result goes to DIR/<stem>/; a line per failure names the file and the reason.",
     )
-    segment.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="jpg, png, tif, bmp or webp files")
-    segment.add_argument("--mask", type=Path, metavar="MASK", help="region mask for a single IMAGE (non-zero = segment here); "
-                         "with several images, <stem>.mask.png beside each is used when present")
-    segment.add_argument("--out", type=Path, metavar="DIR", help="where result folders go (default: paths.outbox)")
+    segment.add_argument(
+        "images", nargs="+", type=Path, metavar="IMAGE", help="jpg, png, tif, bmp or webp files"
+    )
+    segment.add_argument(
+        "--mask",
+        type=Path,
+        metavar="MASK",
+        help="region mask for a single IMAGE (non-zero = segment here); "
+        "with several images, <stem>.mask.png beside each is used when present",
+    )
+    segment.add_argument(
+        "--out", type=Path, metavar="DIR", help="where result folders go (default: paths.outbox)"
+    )
 
-    models = commands.add_parser("models", parents=[common], help="manage model checkpoints",
-                                 description="Manage model checkpoints.")
+    models = commands.add_parser(
+        "models",
+        parents=[common],
+        help="manage model checkpoints",
+        description="Manage model checkpoints.",
+    )
     models_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     fetch = models_commands.add_parser(
         "fetch",
@@ -134,18 +174,27 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupted download resumes. Offline, it prints where to place the file by hand.",
     )
     fetch.add_argument("size", choices=["tiny", "small", "base_plus", "large"])
-    fetch.add_argument("--version", dest="model_version", choices=["sam2", "sam2.1"], help="default: model.version")
+    fetch.add_argument(
+        "--version", dest="model_version", choices=["sam2", "sam2.1"], help="default: model.version"
+    )
     fetch.add_argument("--base-url", metavar="URL", help="a mirror of Meta's download folder")
 
-    commands.add_parser("config", parents=[common], help="print the effective configuration",
-                        description="Print the configuration after the file and SEGD_* overrides are applied.")
+    commands.add_parser(
+        "config",
+        parents=[common],
+        help="print the effective configuration",
+        description="Print the configuration after the file and SEGD_* overrides are applied.",
+    )
     return parser
 
 
 def run(argv: list[str] | None = None) -> int:
     """Parse `argv`, run the command, map segd's errors to exit codes."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         config = load_config(args.config)
         if args.command == "segment":
@@ -154,6 +203,20 @@ def run(argv: list[str] | None = None) -> int:
             return cmd_models_fetch(config, args.size, args.model_version, args.base_url)
         if args.command == "config":
             return cmd_config(config)
+        if args.command == "status":
+            return cmd_status(config, args.json)
+        if args.command == "watch":
+            from watcher.service import run as run_watcher
+
+            return run_watcher(config)
+        if args.command == "worker":
+            from worker.rqworker import run as run_worker
+
+            return run_worker(config, name=args.name, burst=args.burst)
+        if args.command == "up":
+            from worker.service import up
+
+            return up(config, str(args.config) if args.config else None)
     except SegdError as exc:
         print(f"segd: {exc}", file=sys.stderr)
         return exc.exit_code

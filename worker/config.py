@@ -68,8 +68,9 @@ class ModelConfig(_Section):
     multimask: bool = True
     # Logit threshold that turns a mask into pixels.
     mask_threshold: float = 0.0
-    # Prompts decoded per decoder call (bounds memory; not a per-point loop).
-    decoder_batch: int = Field(default=64, ge=1, le=4096)
+    # Prompts per decoder call. None = auto: 4 on CPU (each prompt carries ~12 MB of activations;
+    # small batches stay in cache and decode 1.7x faster, same results), 64 on CUDA.
+    decoder_batch: int | None = Field(default=None, ge=1, le=4096)
 
     @field_validator("device")
     @classmethod
@@ -95,7 +96,10 @@ class SamplingConfig(_Section):
     # coverage mode stops once this fraction of the region is covered by accepted masks.
     coverage_target: float = Field(default=0.95, gt=0.0, le=1.0)
     # coverage mode: prompts decoded per round.
-    batch: int = Field(default=8, ge=1, le=1024)
+    batch: int = Field(default=4, ge=1, le=1024)
+    # coverage mode also stops when a round (whose prompts all lie in uncovered spots) adds less
+    # than this fraction of the region: the model finds nothing more there. 0 disables.
+    min_gain: float = Field(default=0.01, ge=0.0, le=1.0)
 
 
 class StitchingConfig(_Section):
@@ -115,6 +119,29 @@ class OutputsConfig(_Section):
     png_compression: int = Field(default=1, ge=0, le=9)
 
 
+class WatcherConfig(_Section):
+    # Polling instead of inotify: needed on network file systems (inotify misses remote writes).
+    polling: bool = False
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    # A file is complete when unchanged this long after its writer closed it or renamed it in...
+    settle_s: float = Field(default=0.2, ge=0)
+    # ...or, with no such event (polling, rescans), when unchanged this long.
+    settle_scan_s: float = Field(default=2.0, ge=0)
+    # Full rescans of the inbox (events can be dropped) and reconciliation of state/ with Redis.
+    rescan_interval_s: float = Field(default=10.0, gt=0)
+    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    # A `.part` file untouched this long is moved to state/failed/ as abandoned.
+    stale_part_s: float = Field(default=86400.0, gt=0)
+
+
+class WorkerConfig(_Section):
+    # RQ job timeout: above the slowest image on the slowest worker (SimpleWorker sends no
+    # heartbeat during a job).
+    job_timeout_s: int = Field(default=900, ge=10)
+    # Retries after an unexpected error (bad inputs are never retried).
+    retries: int = Field(default=2, ge=0, le=10)
+
+
 class Config(_Section):
     paths: PathsConfig = PathsConfig()
     redis: RedisConfig = RedisConfig()
@@ -123,6 +150,8 @@ class Config(_Section):
     sampling: SamplingConfig = SamplingConfig()
     stitching: StitchingConfig = StitchingConfig()
     outputs: OutputsConfig = OutputsConfig()
+    watcher: WatcherConfig = WatcherConfig()
+    worker: WorkerConfig = WorkerConfig()
 
     # Where the values came from, for error messages and manifests (not a config key).
     source: str = Field(default="defaults", exclude=True)
@@ -185,7 +214,9 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, Any]], 
     return overrides, names
 
 
-def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike | None = None, environ: dict[str, str] | None = None
+) -> Config:
     """Load and validate the configuration.
 
     `path`: the YAML file; None means $SEGD_CONFIG, else ./config.yaml when it exists, else the
@@ -230,7 +261,9 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
 
     for section, values in data.items():
         if section in _allowed_keys(None) and values is not None and not isinstance(values, dict):
-            raise ConfigError(f"{source}: section {section!r} must be a mapping of keys, got {values!r}")
+            raise ConfigError(
+                f"{source}: section {section!r} must be a mapping of keys, got {values!r}"
+            )
         if values is None:
             data[section] = {}
     try:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import stat
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,32 +61,35 @@ def read_file(path: str | os.PathLike, max_bytes: int) -> LoadedFile:
     return LoadedFile(path=path, data=data, sha256=hashlib.sha256(data).hexdigest())
 
 
+_HEADER_LOCK = threading.Lock()
+
+
 def _open_image(loaded: LoadedFile, max_pixels: int) -> Image.Image:
     """Fully decode with Pillow; truncation, bombs and non-images become BadInput."""
     path = loaded.path
-    # Pillow warns between max_pixels and 2*max_pixels and raises above: make both an error at our cap.
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(loaded.data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise BadInput(
-                    path, f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels"
-                )
-            image.load()  # full decode: raises on truncated or corrupt data
+        # Only the header is parsed here. Pillow's own bomb check (a process-wide setting) is
+        # off for that instant so ours, with the configured cap and a clear message, decides.
+        with _HEADER_LOCK:
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(io.BytesIO(loaded.data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+        width, height = image.size
+        if width * height > max_pixels:
+            raise BadInput(
+                path,
+                f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels "
+                "(inputs.max_pixels)",
+            )
+        image.load()  # full decode: raises on truncated or corrupt data
     except BadInput:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadInput(path, f"refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise BadInput(path, "not an image Pillow can read (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInput(path, f"corrupt or truncated image ({exc})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
     return image
 
 
@@ -122,7 +126,9 @@ def decode_image(loaded: LoadedFile, max_pixels: int) -> np.ndarray:
     return rgb
 
 
-def decode_region_mask(loaded: LoadedFile, image_hw: tuple[int, int], max_pixels: int) -> np.ndarray:
+def decode_region_mask(
+    loaded: LoadedFile, image_hw: tuple[int, int], max_pixels: int
+) -> np.ndarray:
     """Decode a region mask to (H, W) bool: True where any channel is non-zero.
 
     The mask must have the image's size (after the image's EXIF rotation) and at least one

@@ -135,7 +135,9 @@ def load_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     return checkpoint
 
 
-def _check_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path, cfg: ModelConfig) -> None:
+def _check_fits(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path, cfg: ModelConfig
+) -> None:
     """Raise a ModelError that says what the checkpoint is when it does not fit the model."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -152,7 +154,9 @@ def _check_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path:
     details = []
     if reshaped:
         k = reshaped[0]
-        details.append(f"{len(reshaped)} tensors differ in shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        details.append(
+            f"{len(reshaped)} tensors differ in shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
+        )
     if missing:
         details.append(f"{len(missing)} missing (e.g. {missing[0]})")
     if unexpected:
@@ -170,7 +174,11 @@ def build_sam2_model(cfg: ModelConfig, state: Mapping[str, torch.Tensor] | None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
         model = build_sam2(
-            CONFIG_FILES[(cfg.version, cfg.size)], None, device="cpu", mode="eval", hydra_overrides_extra=overrides
+            CONFIG_FILES[(cfg.version, cfg.size)],
+            None,
+            device="cpu",
+            mode="eval",
+            hydra_overrides_extra=overrides,
         )
     if state is not None:
         model.load_state_dict(state, strict=True)
@@ -180,7 +188,9 @@ def build_sam2_model(cfg: ModelConfig, state: Mapping[str, torch.Tensor] | None)
 class SamModel:
     """A SAM2 model held on one device, with segd's encode and decode passes."""
 
-    def __init__(self, sam: torch.nn.Module, info: ModelInfo, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, sam: torch.nn.Module, info: ModelInfo, device: torch.device, dtype: torch.dtype
+    ):
         from sam2.utils.transforms import SAM2Transforms
 
         self.sam = sam
@@ -188,12 +198,19 @@ class SamModel:
         self.device = device
         self.dtype = dtype
         self.image_size = int(sam.image_size)
-        with warnings.catch_warnings():  # SAM2Transforms uses torch.jit.script, deprecated in torch 2.14
+        self.config_decoder_batch: int | None = None
+        with (
+            warnings.catch_warnings()
+        ):  # SAM2Transforms uses torch.jit.script, deprecated in torch 2.14
             warnings.simplefilter("ignore", FutureWarning)
             self._transforms = SAM2Transforms(resolution=self.image_size, mask_threshold=0.0)
         stride = self.image_size // 4
         # SAM2ImagePredictor hard-codes these for 1024 px; derive them from the image size.
-        self.feature_sizes = [(stride, stride), (stride // 2, stride // 2), (stride // 4, stride // 4)]
+        self.feature_sizes = [
+            (stride, stride),
+            (stride // 2, stride // 2),
+            (stride // 4, stride // 4),
+        ]
 
     @classmethod
     def load(cls, config: Config, model_version: str = "base") -> SamModel:
@@ -208,7 +225,9 @@ class SamModel:
         else:
             sha256 = checkpoints.sha256_file(path)
             if cfg.checkpoint_sha256 and sha256 != cfg.checkpoint_sha256:
-                raise ModelError(f"{path}: sha256 {sha256} differs from model.checkpoint_sha256 {cfg.checkpoint_sha256}")
+                raise ModelError(
+                    f"{path}: sha256 {sha256} differs from model.checkpoint_sha256 {cfg.checkpoint_sha256}"
+                )
             state = load_state_dict(path)
         sam = build_sam2_model(cfg, None)
         if state is not None:
@@ -227,7 +246,14 @@ class SamModel:
             dtype=str(dtype).removeprefix("torch."),
             model_version=model_version,
         )
-        return cls(sam, info, device, dtype)
+        model = cls(sam, info, device, dtype)
+        model.config_decoder_batch = cfg.decoder_batch
+        return model
+
+    @property
+    def decoder_batch(self) -> int:
+        """Prompts per decoder call: model.decoder_batch, or 4 on CPU / 64 on CUDA."""
+        return self.config_decoder_batch or (64 if self.device.type == "cuda" else 4)
 
     def autocast(self):
         """The autocast context for this model's device and dtype (a no-op for float32)."""
@@ -242,7 +268,9 @@ class SamModel:
     @torch.inference_mode()
     def encode(self, images: Sequence[np.ndarray]) -> ImageFeatures:
         """Run the image encoder once on a batch of (H, W, 3) uint8 RGB images."""
-        batch = torch.stack([self._transforms(image) for image in images]).to(self.device, non_blocking=True)
+        batch = torch.stack([self._transforms(image) for image in images]).to(
+            self.device, non_blocking=True
+        )
         with self.autocast():
             backbone_out = self.sam.forward_image(batch)
             _, vision_feats, _, _ = self.sam._prepare_backbone_features(backbone_out)
@@ -270,11 +298,15 @@ class SamModel:
         All N prompts go through the decoder in one call.
         """
         height, width = features.image_hw[index]
-        scale = torch.tensor([self.image_size / width, self.image_size / height], device=self.device)
+        scale = torch.tensor(
+            [self.image_size / width, self.image_size / height], device=self.device
+        )
         coords = (points_xy.to(self.device, torch.float32) * scale)[:, None, :]  # (N, 1, 2)
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
         with self.autocast():
-            sparse, dense = self.sam.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            sparse, dense = self.sam.sam_prompt_encoder(
+                points=(coords, labels), boxes=None, masks=None
+            )
             logits, iou, _, _ = self.sam.sam_mask_decoder(
                 image_embeddings=features.image_embed[index : index + 1],
                 image_pe=self.sam.sam_prompt_encoder.get_dense_pe(),

@@ -73,7 +73,9 @@ def color_map(index_map: np.ndarray) -> np.ndarray:
     return palette()[index_map]
 
 
-def overlay(image: np.ndarray, colors: np.ndarray, index_map: np.ndarray, alpha: float) -> np.ndarray:
+def overlay(
+    image: np.ndarray, colors: np.ndarray, index_map: np.ndarray, alpha: float
+) -> np.ndarray:
     """Blend segment colours over an (H, W, 3) uint8 image where index_map > 0."""
     blended = cv2.addWeighted(image, 1.0 - alpha, colors, alpha, 0.0)
     return np.where((index_map > 0)[:, :, None], blended, image)
@@ -84,7 +86,9 @@ def rle_encode(index_map: np.ndarray, ids: list[int]) -> list[dict]:
     if not ids:
         return []
     # A C-ordered (K, W, H) stack transposed to (H, W, K) is Fortran-ordered, as pycocotools wants.
-    stacked = np.equal(index_map.T[None], np.asarray(ids, dtype=index_map.dtype)[:, None, None], order="C")
+    stacked = np.equal(
+        index_map.T[None], np.asarray(ids, dtype=index_map.dtype)[:, None, None], order="C"
+    )
     rles = mask_utils.encode(np.asfortranarray(stacked.view(np.uint8).transpose(2, 1, 0)))
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
@@ -160,7 +164,9 @@ def publish(tmp: Path, final: Path) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
             raise
-        if not _exchange(tmp, final):  # old kernels / file systems: a brief gap, never a half folder
+        if not _exchange(
+            tmp, final
+        ):  # old kernels / file systems: a brief gap, never a half folder
             old = final.with_name(f"{TMP_PREFIX}old-{final.name}-{secrets.token_hex(4)}")
             os.rename(final, old)
             os.rename(tmp, final)
@@ -183,10 +189,15 @@ def write_result(
         _write(tmp / INDEX_FILE, _encode(".png", result.index_map, png))
         _write(tmp / COLOR_FILE, _encode(".png", colors[:, :, ::-1], png))
         shown = overlay(image, colors, result.index_map, cfg.overlay_alpha)
-        _write(tmp / OVERLAY_FILE, _encode(".jpg", shown[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality]))
+        _write(
+            tmp / OVERLAY_FILE,
+            _encode(".jpg", shown[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality]),
+        )
         _write(tmp / SEGMENTS_FILE, json.dumps(segments_document(result)).encode())
         manifest.setdefault("timings_s", {})["write"] = round(time.perf_counter() - started, 4)
-        _write(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())  # last: marks completeness
+        _write(
+            tmp / MANIFEST_FILE, json.dumps(manifest, indent=2).encode()
+        )  # last: marks completeness
         _fsync_dir(tmp)
         publish(tmp, final)
     except BaseException:

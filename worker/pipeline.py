@@ -28,6 +28,7 @@ def segment_file(
     out_root: str | Path,
     *,
     job_id: str | None = None,
+    claim_seq: int | None = None,
 ) -> Path:
     """Segment `image_path` (inside the region of `mask_path`, if given) and publish the result
     folder under `out_root`. Returns the folder. Raises BadInput for files that cannot be used."""
@@ -51,6 +52,7 @@ def segment_file(
     manifest = {
         "job_id": job_id
         or jobids.job_id(image_file.sha256, mask_file and mask_file.sha256, info.model_version),
+        "claim_seq": claim_seq,
         "input": {
             "name": image_path.name,
             "sha256": image_file.sha256,

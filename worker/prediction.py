@@ -36,13 +36,17 @@ class Proposals:
     def take(self, keep: torch.Tensor) -> Proposals:
         """The proposals selected by a (N,) bool mask or an index tensor."""
         keep_np = keep.cpu().numpy()
-        return Proposals(self.points_xy[keep_np], self.logits[keep], self.scores[keep], self.stability[keep])
+        return Proposals(
+            self.points_xy[keep_np], self.logits[keep], self.scores[keep], self.stability[keep]
+        )
 
     @staticmethod
     def concat(parts: list[Proposals], hw: tuple[int, int], device: torch.device) -> Proposals:
         if not parts:
             empty = torch.zeros(0, device=device)
-            return Proposals(np.zeros((0, 2), np.float32), torch.zeros((0, *hw), device=device), empty, empty)
+            return Proposals(
+                np.zeros((0, 2), np.float32), torch.zeros((0, *hw), device=device), empty, empty
+            )
         return Proposals(
             np.concatenate([p.points_xy for p in parts]),
             torch.cat([p.logits for p in parts]),
@@ -51,15 +55,30 @@ class Proposals:
         )
 
 
-def stability_score(logits: torch.Tensor, threshold: float, offset: float = STABILITY_OFFSET) -> torch.Tensor:
+def stability_score(
+    logits: torch.Tensor, threshold: float, offset: float = STABILITY_OFFSET
+) -> torch.Tensor:
     """(N, h, w) logits → (N,) IoU between the masks thresholded at threshold +- offset."""
     flat = logits.flatten(1)
     inner = (flat > threshold + offset).sum(1, dtype=torch.int32)
     outer = (flat > threshold - offset).sum(1, dtype=torch.int32)
-    return torch.where(outer > 0, inner.float() / outer.clamp(min=1).float(), torch.zeros_like(inner, dtype=torch.float32))
+    return torch.where(
+        outer > 0,
+        inner.float() / outer.clamp(min=1).float(),
+        torch.zeros_like(inner, dtype=torch.float32),
+    )
 
 
-def propose(model, features, index: int, points_xy: np.ndarray, *, multimask: bool, batch: int, threshold: float) -> Proposals:
+def propose(
+    model,
+    features,
+    index: int,
+    points_xy: np.ndarray,
+    *,
+    multimask: bool,
+    batch: int,
+    threshold: float,
+) -> Proposals:
     """Decode every point of image `index` and keep one mask per point.
 
     With multimask output the best of SAM2's three masks by predicted IoU is kept, otherwise its
@@ -76,7 +95,14 @@ def propose(model, features, index: int, points_xy: np.ndarray, *, multimask: bo
     return Proposals.concat(parts, model.low_res_hw(features.image_hw[index]), model.device)
 
 
-def select(proposals: Proposals, region_lr: torch.Tensor, *, threshold: float, min_score: float, min_stability: float) -> Proposals:
+def select(
+    proposals: Proposals,
+    region_lr: torch.Tensor,
+    *,
+    threshold: float,
+    min_score: float,
+    min_stability: float,
+) -> Proposals:
     """Drop masks that are empty inside the region (at low resolution) or score too low.
 
     region_lr: (h, w) bool on the proposals' device.
@@ -88,7 +114,9 @@ def select(proposals: Proposals, region_lr: torch.Tensor, *, threshold: float, m
     return proposals.take(keep)
 
 
-def upsample_masks(logits: torch.Tensor, image_hw: tuple[int, int], threshold: float, chunk: int = 8) -> torch.Tensor:
+def upsample_masks(
+    logits: torch.Tensor, image_hw: tuple[int, int], threshold: float, chunk: int = 8
+) -> torch.Tensor:
     """(K, h, w) low-res logits → (K, H, W) bool masks at the image size.
 
     Bilinear, as SAM2's own post-processing; at most `chunk` full-size float masks exist at once.

@@ -101,11 +101,20 @@ class CoverageSampler:
     Coverage bookkeeping happens on region_lr so each round costs O(h*w), not O(H*W).
     """
 
-    def __init__(self, region: np.ndarray, region_lr: np.ndarray, budget: int, seed: int):
+    def __init__(
+        self,
+        region: np.ndarray,
+        region_lr: np.ndarray,
+        budget: int,
+        seed: int,
+        min_gain: float = 0.0,
+    ):
         self.region = region
         self.region_lr = region_lr
         self.budget = budget
+        self.min_gain = min_gain
         self.used = 0
+        self.last_gain: float | None = None  # coverage added by the latest accepted round
         self.covered_lr = np.zeros_like(region_lr)
         # Cells around every point already handed out: a point whose mask was rejected must not
         # be proposed again, or coverage mode would spend its budget on one spot.
@@ -164,9 +173,11 @@ class CoverageSampler:
         return float(xs[nearest] + x0), float(ys[nearest] + y0)
 
     def next_batch(self, size: int, target: float) -> np.ndarray:
-        """The next prompts, (n, 2) float32 xy; empty when the target or the budget is reached."""
+        """The next prompts, (n, 2) float32 xy; empty when the target or the budget is reached,
+        or when the previous round added less than `min_gain` of the region."""
         size = min(size, self.budget - self.used)
-        if size <= 0 or self.coverage >= target:
+        saturated = self.last_gain is not None and self.last_gain < self.min_gain
+        if size <= 0 or self.coverage >= target or saturated:
             return np.zeros((0, 2), np.float32)
         if len(self._pending):  # skip pending points already inside an accepted mask
             cx, cy = self._to_lr(self._pending)
@@ -182,14 +193,18 @@ class CoverageSampler:
         return batch
 
     def accept(self, masks_lr: np.ndarray) -> None:
-        """Mark accepted masks ((k, h, w) bool at low resolution) as covered."""
+        """Mark one round's accepted masks ((k, h, w) bool at low resolution) as covered."""
+        before = self.coverage
         if len(masks_lr):
             self.covered_lr |= masks_lr.any(axis=0)
+        self.last_gain = self.coverage - before
 
 
 def region_at(region: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Resize a (H, W) bool region to (h, w): a cell is inside when at least half of it is."""
     if region.shape == tuple(hw):
         return region.copy()
-    resized = cv2.resize(region.astype(np.uint8) * 255, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+    resized = cv2.resize(
+        region.astype(np.uint8) * 255, (hw[1], hw[0]), interpolation=cv2.INTER_AREA
+    )
     return resized >= 128

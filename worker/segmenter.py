@@ -85,7 +85,7 @@ class Segmenter:
             index,
             points_xy,
             multimask=cfg.model.multimask,
-            batch=cfg.model.decoder_batch,
+            batch=getattr(self.model, "decoder_batch", 64),
             threshold=cfg.model.mask_threshold,
         )
         return prediction.select(
@@ -96,7 +96,9 @@ class Segmenter:
             min_stability=cfg.stitching.min_stability,
         )
 
-    def segment_encoded(self, features, index: int, region: np.ndarray | None = None) -> Segmentation:
+    def segment_encoded(
+        self, features, index: int, region: np.ndarray | None = None
+    ) -> Segmentation:
         """Segment image `index` of already-encoded `features` (the encoder is not run again)."""
         cfg, device = self.config, self.model.device
         image_hw = tuple(features.image_hw[index])
@@ -108,16 +110,22 @@ class Segmenter:
         t0 = time.perf_counter()
 
         if cfg.sampling.mode == "coverage":
-            sampler = sampling.CoverageSampler(region, region_lr_np, cfg.sampling.points, cfg.sampling.seed)
+            sampler = sampling.CoverageSampler(
+                region, region_lr_np, cfg.sampling.points, cfg.sampling.seed, cfg.sampling.min_gain
+            )
             parts = []
-            while len(batch := sampler.next_batch(cfg.sampling.batch, cfg.sampling.coverage_target)):
+            while len(
+                batch := sampler.next_batch(cfg.sampling.batch, cfg.sampling.coverage_target)
+            ):
                 kept = self._propose(features, index, batch, region_lr)
                 sampler.accept(((kept.logits > threshold) & region_lr).cpu().numpy())
                 parts.append(kept)
             proposals = prediction.Proposals.concat(parts, region_lr_np.shape, device)
             points_used = sampler.used
         else:
-            points_xy = sampling.points(cfg.sampling.mode, region, cfg.sampling.points, cfg.sampling.seed)
+            points_xy = sampling.points(
+                cfg.sampling.mode, region, cfg.sampling.points, cfg.sampling.seed
+            )
             proposals = self._propose(features, index, points_xy, region_lr)
             points_used = len(points_xy)
         t1 = time.perf_counter()

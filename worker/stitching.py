@@ -62,8 +62,12 @@ def _atoms(signatures: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
             _, word_ids = torch.unique(key, return_inverse=True)
         key = word_ids
     _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
-    first = torch.full((len(counts),), signatures.shape[0], dtype=torch.int64, device=signatures.device)
-    first.scatter_reduce_(0, inverse, torch.arange(signatures.shape[0], device=signatures.device), "amin")
+    first = torch.full(
+        (len(counts),), signatures.shape[0], dtype=torch.int64, device=signatures.device
+    )
+    first.scatter_reduce_(
+        0, inverse, torch.arange(signatures.shape[0], device=signatures.device), "amin"
+    )
     return signatures[first], inverse, counts
 
 
@@ -90,7 +94,9 @@ def stitch(
     device = masks.device
     if count == 0:
         empty = np.zeros(0, np.int64)
-        return Stitched(torch.zeros((height, width), dtype=torch.int32, device=device), empty, empty)
+        return Stitched(
+            torch.zeros((height, width), dtype=torch.int32, device=device), empty, empty
+        )
     order = torch.argsort(scores.float(), descending=True, stable=True)
     flat = masks[order].reshape(count, -1)
     if region is not None:

@@ -1,0 +1,149 @@
+"""Running the real service pieces in tests: a redis-server on a temp unix socket (stopped by pid),
+and `segd watch` / `segd worker` as subprocesses with a random-weights tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import TINY
+
+
+class Service:
+    """A temp site (inbox/outbox/state/models) and the processes serving it."""
+
+    def __init__(self, root: Path, checkpoint: Path | None = None, **env: str):
+        self.root = root
+        self.inbox, self.outbox, self.state = root / "inbox", root / "outbox", root / "state"
+        for folder in (self.inbox, self.outbox, self.state):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.socket = Path(f"/tmp/segd-test-{os.getpid()}-{abs(hash(str(root))) % 10**8}.sock")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SEGD_")}
+        self.env.update(
+            TINY,
+            SEGD_PATHS__INBOX=str(self.inbox),
+            SEGD_PATHS__OUTBOX=str(self.outbox),
+            SEGD_PATHS__STATE=str(self.state),
+            SEGD_PATHS__MODELS=str(root / "models"),
+            SEGD_MODEL__CHECKPOINT=str(checkpoint) if checkpoint else "random",
+            SEGD_REDIS__URL=f"unix://{self.socket}",
+            SEGD_WATCHER__SETTLE_S="0.3",
+            SEGD_WATCHER__SETTLE_SCAN_S="1.0",
+            SEGD_WATCHER__RESCAN_INTERVAL_S="1.0",
+            SEGD_WATCHER__RECONCILE_INTERVAL_S="2.0",
+            SEGD_SAMPLING__POINTS="8",
+            **env,
+        )
+        self.redis: subprocess.Popen | None = None
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    # --- redis ------------------------------------------------------------------------------
+    def start_redis(self, appendonly: bool = True) -> None:
+        from worker.service import redis_binary
+
+        data = self.root / "redis-data"
+        data.mkdir(exist_ok=True)
+        args = [
+            redis_binary(),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--loglevel",
+            "warning",
+        ]
+        self.redis = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.socket.exists() and self.redis_client().ping():
+                return
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def redis_client(self):
+        from redis import Redis
+
+        return Redis(unix_socket_path=str(self.socket))
+
+    def kill_redis(self) -> None:
+        """SIGKILL redis-server by pid (no graceful flush)."""
+        os.kill(self.redis.pid, signal.SIGKILL)
+        self.redis.wait()
+
+    # --- segd processes ---------------------------------------------------------------------
+    def start(self, role: str, *args: str) -> subprocess.Popen:
+        log = open(self.root / f"{role}.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", role, *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs[role] = proc
+        return proc
+
+    def stop(self, role: str, sig=signal.SIGTERM, timeout: float = 60) -> int:
+        proc = self.procs.pop(role)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        return proc.wait(timeout=timeout)
+
+    def log(self, role: str) -> str:
+        path = self.root / f"{role}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> None:
+        for role in list(self.procs):
+            try:
+                self.stop(role, timeout=30)
+            except subprocess.TimeoutExpired:
+                self.procs.get(role) and self.procs[role].kill()
+        if self.redis is not None and self.redis.poll() is None:
+            self.redis.terminate()
+            self.redis.wait(timeout=10)
+        self.socket.unlink(missing_ok=True)
+
+    # --- observations -----------------------------------------------------------------------
+    def results(self) -> dict[str, dict]:
+        """Published result folders: stem → manifest."""
+        out = {}
+        for entry in self.outbox.iterdir():
+            if entry.name.startswith("."):
+                continue
+            out[entry.name] = json.loads((entry / "manifest.json").read_text())
+        return out
+
+    def folders(self, kind: str) -> list[Path]:
+        root = self.state / kind
+        return (
+            sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.exists() else []
+        )
+
+    def wait_for(self, predicate, timeout: float = 120, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            for role, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise AssertionError(
+                        f"{role} exited with {proc.returncode}:\n{self.log(role)[-3000:]}"
+                    )
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {r}\n{self.log(r)[-3000:]}" for r in ("watch", "worker"))
+        raise AssertionError(f"timed out waiting for {what}\n{logs}")

@@ -1,0 +1,64 @@
+"""What an inbox entry is, decided from its name and lstat alone (nothing is opened here).
+
+x.jpg / .png / .tif / .bmp / .webp    an image to segment
+x.mask.png                            a region mask for the image with stem x
+.x.part, x.part, .x (hidden)          a writer's temp file: left alone until renamed
+anything else                         refused with a one-line reason (moved to state/failed/)
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+
+from worker.inputs import IMAGE_SUFFIXES, MASK_SUFFIX
+from worker.state import SAFE_NAME_PATTERN
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv")
+PART_SUFFIX = ".part"
+
+
+class Kind(enum.Enum):
+    IMAGE = "image"
+    MASK = "mask"
+    TEMP = "temp"  # being written under a temporary name: wait
+    REFUSED = "refused"
+
+
+def classify(name: str, info: os.stat_result) -> tuple[Kind, str]:
+    """(kind, reason) for the inbox entry `name` with lstat result `info`; reason is for REFUSED."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return Kind.REFUSED, "the file name is not valid UTF-8; rename it"
+    if len(os.fsencode(name)) > 200:
+        return Kind.REFUSED, "the file name is longer than 200 bytes; rename it"
+    lower = name.lower()
+    if stat.S_ISLNK(info.st_mode):
+        return Kind.REFUSED, "is a symbolic link; drop the file itself"
+    if lower.endswith(PART_SUFFIX):
+        return Kind.TEMP, ""
+    if name.startswith("."):
+        return Kind.REFUSED, "hidden files (names starting with '.') are not processed"
+    if stat.S_ISDIR(info.st_mode):
+        return Kind.REFUSED, "folders are not processed (drop image files)"
+    if not stat.S_ISREG(info.st_mode):
+        return Kind.REFUSED, "not a regular file (a FIFO, socket or device)"
+    if info.st_nlink > 1:
+        return Kind.REFUSED, "is a hard link to a file elsewhere; copy or move the file in instead"
+    if not SAFE_NAME_PATTERN.match(name):
+        return Kind.REFUSED, (
+            "the file name has characters segd does not accept; use letters, digits, "
+            "spaces and ._+=,@()[]-"
+        )
+    if lower.endswith(MASK_SUFFIX):
+        return Kind.MASK, ""
+    if lower.endswith(IMAGE_SUFFIXES):
+        return Kind.IMAGE, ""
+    if lower.endswith(VIDEO_SUFFIXES):
+        return Kind.REFUSED, "videos are not supported yet (images only)"
+    return Kind.REFUSED, (
+        f"unknown file type; segd takes images ({', '.join(IMAGE_SUFFIXES)}) and "
+        f"region masks (x{MASK_SUFFIX})"
+    )

