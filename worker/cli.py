@@ -185,6 +185,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the effective configuration",
         description="Print the configuration after the file and SEGD_* overrides are applied.",
     )
+    commands.add_parser(
+        "up",
+        parents=[common],
+        help="run the whole service here: private Redis, watcher and a worker",
+        description="Start a private redis-server (unix socket, append-only; skipped when redis.url "
+        "is set), the inbox watcher and one worker, logging to the terminal. Ctrl-C stops everything "
+        "cleanly. On the first start it fetches the default checkpoint.",
+    )
+    commands.add_parser(
+        "watch",
+        parents=[common],
+        help="run the inbox watcher alone",
+        description="Watch paths.inbox, claim complete files into paths.state/claimed/ and enqueue "
+        "their jobs.",
+    )
+    worker_cmd = commands.add_parser(
+        "worker",
+        parents=[common],
+        help="run one worker alone (one per GPU)",
+        description="Load the model once and serve the segment queue; SIGTERM finishes the current "
+        "job, then exits.",
+    )
+    worker_cmd.add_argument(
+        "--name", help="worker name (default: segd-<host>-<CUDA_VISIBLE_DEVICES or cpu>)"
+    )
+    worker_cmd.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    status_cmd = commands.add_parser(
+        "status",
+        parents=[common],
+        help="show queues, workers, throughput and recent failures",
+        description="Show queue depths, workers (host, device, model version, current job), inputs "
+        "done and failed in the last hour, and the latest failures with their reasons.",
+    )
+    status_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
