@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 TORCH   := torch==2.14.1 torchvision==0.29.1
 SAM2    := sam2==1.1.0
 
-.PHONY: install test test-gpu bench lint clean
+.PHONY: install run test test-gpu bench lint clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 	SAM2_BUILD_CUDA=0 $(PIP) install --quiet --no-build-isolation $(SAM2)
 	$(PIP) install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The whole service on ./inbox → ./outbox with a private Redis. First start: fetches the default
+# checkpoint (SEGD_MODEL__CHECKPOINT=random make run tries the plumbing without one).
+run: install
+	$(VENV)/bin/segd up
 
 test: install
 	$(PY) -m pytest -q

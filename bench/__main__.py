@@ -1,8 +1,16 @@
-"""`python -m bench` (what `make bench` runs): every benchmark, each printing its table."""
+"""`python -m bench [segment|service] [options]` (what `make bench` runs): each benchmark prints
+its table. Without a name, all of them run with their defaults."""
 
 import sys
 
-from bench import bench_segment
+from bench import bench_segment, bench_service
+
+BENCHES = {"segment": bench_segment.main, "service": bench_service.main}
 
 if __name__ == "__main__":
-    bench_segment.main(sys.argv[1:])
+    args = sys.argv[1:]
+    if args and args[0] in BENCHES:
+        BENCHES[args[0]](args[1:])
+    else:
+        for bench in BENCHES.values():
+            bench(args)

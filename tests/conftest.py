@@ -47,6 +47,8 @@ def tiny_config(tmp_path: Path, **env: str):
         **TINY,
         "SEGD_PATHS__MODELS": str(tmp_path / "models"),
         "SEGD_PATHS__OUTBOX": str(tmp_path / "outbox"),
+        "SEGD_PATHS__STATE": str(tmp_path / "state"),
+        "SEGD_PATHS__INBOX": str(tmp_path / "inbox"),
         "SEGD_MODEL__CHECKPOINT": "random",
     }
     return load_config(None, {**base, **env})

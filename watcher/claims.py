@@ -144,11 +144,22 @@ def recover_incoming(state_dir: Path, model_version: str) -> list[state.Claim]:
         if not entry.name.startswith(INCOMING_PREFIX):
             continue
         incoming = Path(entry.path)
-        files = sorted(p.name for p in incoming.iterdir() if p.name != state.CLAIM_FILE)
+        files = sorted(
+            p.name
+            for p in incoming.iterdir()
+            if p.name != state.CLAIM_FILE and not p.name.startswith(".")
+        )
         masks = [n for n in files if n.lower().endswith(".mask.png")]
         images = [n for n in files if n not in masks]
         if len(images) != 1:
-            shutil.rmtree(incoming) if not files else None
+            if not files:
+                shutil.rmtree(incoming)  # nothing was moved in yet
+            else:
+                log.error(
+                    "%s: cannot tell which file is the image (%s); left for a person",
+                    incoming,
+                    files,
+                )
             continue
         result = settle_incoming(
             state_dir, incoming, images[0], masks[0] if masks else None, model_version

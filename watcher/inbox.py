@@ -37,17 +37,15 @@ def classify(name: str, info: os.stat_result) -> tuple[Kind, str]:
     lower = name.lower()
     if stat.S_ISLNK(info.st_mode):
         return Kind.REFUSED, "is a symbolic link; drop the file itself"
-    if lower.endswith(PART_SUFFIX):
+    if lower.endswith(PART_SUFFIX) or name.startswith("."):
         return Kind.TEMP, ""
-    if name.startswith("."):
-        return Kind.REFUSED, "hidden files (names starting with '.') are not processed"
     if stat.S_ISDIR(info.st_mode):
         return Kind.REFUSED, "folders are not processed (drop image files)"
     if not stat.S_ISREG(info.st_mode):
         return Kind.REFUSED, "not a regular file (a FIFO, socket or device)"
     if info.st_nlink > 1:
         return Kind.REFUSED, "is a hard link to a file elsewhere; copy or move the file in instead"
-    if not SAFE_NAME_PATTERN.match(name):
+    if not SAFE_NAME_PATTERN.fullmatch(name):
         return Kind.REFUSED, (
             "the file name has characters segd does not accept; use letters, digits, "
             "spaces and ._+=,@()[]-"

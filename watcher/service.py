@@ -126,6 +126,11 @@ class Watcher:
                 return
             if kind in ("closed", "moved"):
                 self._note(name, closed=True)
+            elif kind == "created" and not self.cfg.polling:
+                # inotify: a file renamed in from another folder gives only IN_MOVED_TO, reported
+                # as "created"; a writer's own file is opened right after (IN_OPEN), which marks
+                # it busy below. So a creation alone is a complete arrival.
+                self._note(name, closed=True)
             elif kind in ("created", "modified", "opened"):
                 self._note(name, closed=False, active=True)  # being written: wait for a close
             elif kind == "deleted":
@@ -277,7 +282,7 @@ class Watcher:
             return 0
         count = 0
         for entry in os.scandir(root):
-            if entry.name.startswith(".") or not state.JOB_ID_PATTERN.match(entry.name):
+            if entry.name.startswith(".") or not state.JOB_ID_PATTERN.fullmatch(entry.name):
                 continue
             try:
                 made = state.read_claim(Path(entry.path))

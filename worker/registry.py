@@ -29,7 +29,7 @@ def current_version(models_dir: str | os.PathLike) -> str:
         return BASE
     if not text or text == BASE:
         return BASE
-    if not VERSION_PATTERN.match(text):
+    if not VERSION_PATTERN.fullmatch(text):
         raise ModelError(f"{Path(models_dir) / CURRENT_FILE}: {text!r} is not a model version name")
     return text
 
@@ -53,7 +53,7 @@ def weights_path(models_dir: str | os.PathLike, version: str) -> Path:
 
 def set_current(models_dir: str | os.PathLike, version: str) -> None:
     """Make `version` current atomically (write a temp file, rename it over `current`)."""
-    if version != BASE and not VERSION_PATTERN.match(version):
+    if version != BASE and not VERSION_PATTERN.fullmatch(version):
         raise ModelError(f"{version!r} is not a model version name")
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)

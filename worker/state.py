@@ -48,7 +48,7 @@ class Claim:
 
 def folder(state_dir: str | os.PathLike, kind: str, job_id: str) -> Path:
     """`<state>/<kind>/<job_id>` after checking the id (job arguments are untrusted)."""
-    if not JOB_ID_PATTERN.match(job_id or ""):
+    if not JOB_ID_PATTERN.fullmatch(job_id or ""):
         raise ValueError(f"{job_id!r} is not a segd job id")
     return Path(state_dir) / kind / job_id
 
@@ -57,7 +57,7 @@ def safe_member(directory: Path, name: str | None) -> Path | None:
     """`directory/name` for a plain file name (no separators, not hidden); ValueError otherwise."""
     if name is None:
         return None
-    if not SAFE_NAME_PATTERN.match(name):
+    if not SAFE_NAME_PATTERN.fullmatch(name):
         raise ValueError(f"{name!r} is not a plain file name")
     return directory / name
 
@@ -90,21 +90,21 @@ def read_claim(directory: Path) -> Claim:
 
 
 def _move_dir(source: Path, target: Path) -> Path:
-    """Rename `source` to `target`; if `target` exists (a re-run), keep both: `source` goes under
-    `target/duplicates/`, since nothing is deleted unread."""
+    """Rename `source` to `target` and return where it went: if `target` exists (a re-run), both
+    are kept and `source` goes under `target/duplicates/`, since nothing is deleted unread."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(source, target)
+        landed = target
     except OSError:
         if not target.is_dir():
             raise
-        spare = (
-            target / DUPLICATES / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
-        )
-        spare.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(source, spare)
-    _fsync_dir(target.parent)
-    return target
+        stamp = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+        landed = target / DUPLICATES / stamp
+        landed.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source, landed)
+    _fsync_dir(landed.parent)
+    return landed
 
 
 def finish(state_dir: str | os.PathLike, job_id: str) -> Path:
@@ -129,7 +129,12 @@ def fail_entry(state_dir: str | os.PathLike, path: Path, reason: str) -> Path:
     target = Path(state_dir) / FAILED / stamp
     target.mkdir(parents=True)
     original = os.fsencode(path.name)
-    shown = path.name if SAFE_NAME_PATTERN.match(path.name) else "input"
+    reserved = (ERROR_FILE, CLAIM_FILE, DUPLICATES)
+    shown = (
+        path.name
+        if SAFE_NAME_PATTERN.fullmatch(path.name) and path.name not in reserved
+        else "input"
+    )
     try:
         os.rename(path, target / shown)
     except OSError as exc:  # e.g. another file system: leave it, but say why

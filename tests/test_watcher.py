@@ -1,0 +1,53 @@
+"""watcher.service: the watcher's own resilience (in-process, against a real redis-server)."""
+
+import pytest
+
+from tests.service_helpers import Service
+from watcher.service import Watcher
+from worker.config import load_config
+
+
+@pytest.fixture
+def watcher(tmp_path):
+    site = Service(tmp_path / "site")
+    site.start_redis()
+    config = load_config(None, {k: v for k, v in site.env.items() if k.startswith("SEGD_")})
+    instance = Watcher(config)
+    instance._start_observer()
+    instance.site = site  # the test may stop and restart its redis-server
+    yield instance
+    instance.close()
+    site.close()
+
+
+def test_a_dead_observer_is_restarted_and_repeated_deaths_end_the_watcher(watcher):
+    """If the observer thread dies, the watcher starts a new one (and rescans); if it keeps
+    dying (more than 3 times in a minute) the watcher gives up so its service manager restarts it."""
+    for _ in range(3):
+        watcher.observer.stop()
+        watcher.observer.join()
+        assert not watcher.observer_healthy()
+        assert watcher._check_observer() is True
+        assert watcher.observer_healthy()
+    watcher.observer.stop()
+    watcher.observer.join()
+    assert watcher._check_observer() is False
+
+
+def test_claims_wait_on_disk_while_redis_is_down_and_are_enqueued_later(watcher, tmp_path):
+    """With Redis unreachable a claim is kept on disk; reconcile enqueues it once Redis is back."""
+    from worker import queues
+
+    image = watcher.inbox / "a.jpg"
+    image.write_bytes(b"\xff\xd8 not really a jpeg, but the watcher does not decode")
+    watcher.rescan()
+    watcher.seen["a.jpg"].since -= 60  # long unchanged: complete
+    watcher.site.kill_redis()  # Redis is gone
+    made = watcher.process()
+    watcher.enqueue_pending()  # logs a warning, keeps the claim
+    assert len(made) == 1 and made[0].job_id in watcher.pending_enqueue
+    assert (watcher.state_dir / "claimed" / made[0].job_id).is_dir()
+    watcher.site.start_redis()
+    watcher.pending_enqueue.clear()  # as after a watcher restart: only the disk remembers
+    assert watcher.reconcile() == 1
+    assert queues.queue("segment", watcher.connection).job_ids == [made[0].job_id]
