@@ -128,7 +128,13 @@ def test_watcher_down_duplicates_and_a_late_mask(service, data_dir):
     first = service.results()["groceries"]
 
     shutil.copy(data_dir / "groceries.jpg", service.inbox / "groceries.jpg")
-    service.wait_for(lambda: not any(service.inbox.iterdir()), what="the duplicate to be taken")
+    service.wait_for(
+        lambda: (
+            not any(service.inbox.iterdir())
+            and any((d / "duplicates").is_dir() for d in service.folders("done"))
+        ),
+        what="the duplicate to be filed",
+    )
     done = service.folders("done")
     assert len(done) == 2
     duplicates = [d for d in done if (d / "duplicates").is_dir()]
@@ -147,7 +153,8 @@ def test_watcher_down_duplicates_and_a_late_mask(service, data_dir):
     index = cv2.imread(str(service.outbox / "vessel" / "index.png"), cv2.IMREAD_UNCHANGED)
     region = cv2.imread(str(data_dir / "labpics_sample_region_mask.png"), cv2.IMREAD_GRAYSCALE) > 0
     assert index.max() >= 1 and not index[~region].any()
-    assert len(service.folders("done")) == 3  # the image was kept in done/ and used again
+    # The image was kept in done/ and used again (the claim moves there just after publishing).
+    service.wait_for(lambda: len(service.folders("done")) == 3, what="the third done job")
 
     status = subprocess.run(
         [sys.executable, "-m", "worker", "status", "--json"],

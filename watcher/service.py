@@ -74,6 +74,9 @@ class Watcher:
         self.connection = queues.connect(config)
         self.segment_queue = queues.queue(queues.SEGMENT_QUEUE, self.connection)
         self.pending_enqueue: dict[str, state.Claim] = {}
+        # Masks waiting for their image: looking one up reads every claim in state/, so a waiting
+        # mask is looked up again only once per rescan interval (or when it changes).
+        self.mask_next_lookup: dict[tuple[str, tuple[int, int, int]], float] = {}
         self.scans = 0
 
     # --- observer -------------------------------------------------------------------------
@@ -147,6 +150,9 @@ class Watcher:
             del self.seen[name]
         for name in names:
             self._note(name, closed=False)
+        self.mask_next_lookup = {
+            k: t for k, t in self.mask_next_lookup.items() if k[0] in self.seen
+        }
         self.scans += 1
 
     def _complete(self, name: str, now: float) -> bool:
@@ -220,9 +226,14 @@ class Watcher:
                 stem = image_stem(name)
                 if stems.get(stem):
                     continue  # its image is in the inbox: the image claims it
+                key = (name, entry.signature)
+                if self.mask_next_lookup.get(key, 0.0) > now:
+                    continue
                 previous = claims.latest_for_stem(self.state_dir, stem)
                 if previous is None:
+                    self.mask_next_lookup[key] = now + self.cfg.rescan_interval_s
                     continue  # its image has not arrived yet
+                self.mask_next_lookup.pop(key, None)
                 log.info(
                     "%s arrived after its image: segmenting %s again inside the region",
                     name,
