@@ -3,8 +3,8 @@
 For each model size, on the sample images resized to 1024 px on the long side, 30 points:
 
   encoder          the image encoder alone (the floor for any flow)
-  enc+dec          encoder + one decoder call for the 30 prompts at low resolution (the ceiling
-                   for those prompts: no upsampling, no stitching)
+  enc+dec          encoder + the decoder for the 30 prompts at low resolution, in segd's decoder
+                   batches (the ceiling for those prompts: no upsampling, no stitching)
   seed             the seed's flow: SAM2ImagePredictor.predict (3 full-size masks per point),
                    first mask of three, Python stitching loop over full-size arrays
   segd random      segd with the same 30 points (best mask of three, low-res filtering,
@@ -83,6 +83,14 @@ def timed_interleaved(variants: dict, repeats: int, sync) -> dict[str, tuple[flo
     return {name: (statistics.median(times[name]), results[name]) for name in variants}
 
 
+def decode_all(model, features, points_xy: torch.Tensor) -> list:
+    """The decoder alone for all prompts, in the model's decoder batches (as segd runs it)."""
+    step = model.decoder_batch
+    return [
+        model.decode(features, 0, points_xy[i : i + step]) for i in range(0, len(points_xy), step)
+    ]
+
+
 def bench_size(size: str, images, repeats: int, points: int, device: str) -> list[dict]:
     env = {
         "SEGD_MODEL__SIZE": size,
@@ -124,7 +132,7 @@ def bench_image(
     measured = timed_interleaved(
         {
             "encoder": lambda: model.encode([image]),
-            "enc+dec": lambda: model.decode(model.encode([image]), 0, pts_t),
+            "enc+dec": lambda: decode_all(model, model.encode([image]), pts_t),
             "seed": lambda: seed_segment(predictor, image, pts, autocast),
             "random": lambda: segd_random.segment(image, region),
             "coverage": lambda: segd_coverage.segment(image, region),
