@@ -37,7 +37,9 @@ from worker.model import SamModel
 from worker.outputs import write_result
 from worker.segmenter import Segmenter
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SHIPPED_CONFIG = ROOT / "config.yaml"  # the defaults, explicitly (not whatever ./config.yaml holds)
 IMAGES = [
     ("labpics", "labpics_sample_image.jpg", "labpics_sample_region_mask.png"),
     ("groceries", "groceries.jpg", None),
@@ -98,11 +100,15 @@ def bench_size(size: str, images, repeats: int, points: int, device: str) -> lis
         "SEGD_MODEL__DEVICE": device,
         "SEGD_SAMPLING__POINTS": str(points),
     }
-    model = SamModel.load(load_config(None, env))
+    model = SamModel.load(load_config(SHIPPED_CONFIG, env))
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     predictor = model.image_predictor()
-    segd_random = Segmenter(model, load_config(None, {**env, "SEGD_SAMPLING__MODE": "random"}))
-    segd_coverage = Segmenter(model, load_config(None, {**env, "SEGD_SAMPLING__MODE": "coverage"}))
+    segd_random = Segmenter(
+        model, load_config(SHIPPED_CONFIG, {**env, "SEGD_SAMPLING__MODE": "random"})
+    )
+    segd_coverage = Segmenter(
+        model, load_config(SHIPPED_CONFIG, {**env, "SEGD_SAMPLING__MODE": "coverage"})
+    )
     return [
         bench_image(
             size,

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from tests.service_helpers import Service
+from tests.test_checkpoints import closed_port, server  # noqa: F401 (fixtures)
 from worker import jobids
 
 
@@ -341,22 +342,27 @@ def test_hostile_files_end_in_failed_with_a_reason_while_good_files_are_processe
     assert service.procs["watch"].poll() is None and service.procs["worker"].poll() is None
 
 
-def test_segd_up_runs_everything_and_stops_cleanly(tmp_path, tiny_checkpoint):
-    """`segd up` starts a private Redis, the watcher and a worker; a dropped file is segmented;
-    SIGINT (Ctrl-C) stops all of it and exits 0."""
-    site = tmp_path / "up"
+def _up_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGD_")}
     env.update(
-        SEGD_MODEL__SIZE="tiny",
-        SEGD_MODEL__IMAGE_SIZE="256",
-        SEGD_MODEL__CHECKPOINT=str(tiny_checkpoint),
-        SEGD_WATCHER__SETTLE_S="0.2",
+        SEGD_MODEL__SIZE="tiny", SEGD_MODEL__IMAGE_SIZE="256", SEGD_WATCHER__SETTLE_S="0.2", **extra
     )
+    return env
+
+
+def test_segd_up_fetches_the_checkpoint_on_first_start_runs_everything_and_stops_cleanly(
+    tmp_path,
+    server,  # noqa: F811 (the fixture imported above)
+):
+    """First start with no checkpoint: `segd up` fetches the default one (from a local mirror here),
+    starts a private Redis (unix socket, mode 700, append-only), the watcher and a worker; a dropped
+    file is segmented with those weights; SIGINT (Ctrl-C) stops all of it and exits 0."""
+    site = tmp_path / "up"
     site.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "up"],
         cwd=site,
-        env=env,
+        env=_up_env(SEGD_MODEL__DOWNLOAD_URL=server.url),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -365,13 +371,16 @@ def test_segd_up_runs_everything_and_stops_cleanly(tmp_path, tiny_checkpoint):
         while not (site / "inbox").is_dir() and time.monotonic() < deadline:
             time.sleep(0.1)
         (site / "inbox" / "g.jpg").write_bytes(_jpeg(3))
-        while (
-            not (site / "outbox" / "g" / "manifest.json").exists()
-            and time.monotonic() < deadline + 60
-        ):
+        manifest_path = site / "outbox" / "g" / "manifest.json"
+        while not manifest_path.exists() and time.monotonic() < deadline + 60:
             assert proc.poll() is None, proc.stdout.read().decode()
             time.sleep(0.2)
-        assert (site / "outbox" / "g" / "manifest.json").exists()
+        manifest = json.loads(manifest_path.read_text())
+        fetched = site / "models" / "base" / "sam2.1_hiera_tiny.pt"
+        assert (
+            manifest["model"]["checkpoint"] == str(fetched) and manifest["random_weights"] is False
+        )
+        assert [path for path, _ in server.requests] == ["/sam2.1_hiera_tiny.pt"]
         socket_path = site / "state" / "redis" / "redis.sock"
         assert socket_path.exists() and oct(socket_path.stat().st_mode & 0o777) == "0o700"
         proc.send_signal(signal.SIGINT)
@@ -381,6 +390,20 @@ def test_segd_up_runs_everything_and_stops_cleanly(tmp_path, tiny_checkpoint):
             proc.kill()
     output = proc.stdout.read().decode()
     assert "private Redis on" in output and "stopping" in output
-    assert (site / "state" / "redis" / "appendonlydir").exists() or any(
-        p.name.startswith("appendonly") for p in (site / "state" / "redis").iterdir()
+    assert any(p.name.startswith("appendonly") for p in (site / "state" / "redis").iterdir())
+
+
+def test_segd_up_offline_first_start_says_where_to_put_the_checkpoint(tmp_path, closed_port):  # noqa: F811
+    """First start with no checkpoint and no network: one message with the exact path, exit 3."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "up"],
+        cwd=tmp_path,
+        env=_up_env(SEGD_MODEL__DOWNLOAD_URL=f"http://127.0.0.1:{closed_port}"),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
+    assert proc.returncode == 3
+    expected = tmp_path / "models" / "base" / "sam2.1_hiera_tiny.pt"
+    assert f"place it at {expected}" in proc.stderr
+    assert not (tmp_path / "state" / "redis" / "redis.sock").exists()  # nothing was started

@@ -90,6 +90,7 @@ def cmd_models_fetch(config: Config, size: str, version: str | None, base_url: s
         if (version, size) == (config.model.version, config.model.size)
         else None
     )
+    base_url = base_url or config.model.download_url
     path = fetch(version, size, config.paths.models, base_url=base_url, expected_sha256=expected)
     print(path)
     return EXIT_OK

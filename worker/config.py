@@ -59,6 +59,9 @@ class ModelConfig(_Section):
     # None: the official file under paths.models/base/ (see `segd models fetch`);
     # a path: an official checkpoint or a seed-tutorial state dict; "random": random weights.
     checkpoint: str | None = None
+    # A mirror of Meta's checkpoint folder for `segd models fetch` and the first start of `segd up`
+    # (e.g. an internal file server); None = Meta's own URLs.
+    download_url: str | None = None
     # Expected sha256 of the checkpoint file; checked when set.
     checkpoint_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     image_size: int = Field(default=1024, ge=128, le=4096, multiple_of=32)

@@ -126,7 +126,11 @@ def ensure_checkpoint(config: Config) -> None:
             "no checkpoint yet: fetching %s %s (once) into %s", cfg.version, cfg.size, path.parent
         )
         checkpoints.fetch(
-            cfg.version, cfg.size, config.paths.models, expected_sha256=cfg.checkpoint_sha256
+            cfg.version,
+            cfg.size,
+            config.paths.models,
+            base_url=cfg.download_url,
+            expected_sha256=cfg.checkpoint_sha256,
         )
 
 
