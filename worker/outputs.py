@@ -29,6 +29,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from worker.config import OutputsConfig
+from worker.durable import fsync_dir, write_bytes
 from worker.segmenter import Segmentation
 
 INDEX_FILE = "index.png"
@@ -116,21 +117,6 @@ def segments_document(result: Segmentation) -> dict:
     }
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def _encode(ext: str, image: np.ndarray, params: list[int]) -> bytes:
     ok, buffer = cv2.imencode(ext, image, params)
     if not ok:
@@ -172,7 +158,7 @@ def publish(tmp: Path, final: Path) -> None:
             os.rename(tmp, final)
             tmp = old
         shutil.rmtree(tmp, ignore_errors=True)  # the previous result, now under the temp name
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def write_result(
@@ -186,19 +172,19 @@ def write_result(
     try:
         colors = color_map(result.index_map)
         png = [cv2.IMWRITE_PNG_COMPRESSION, cfg.png_compression]
-        _write(tmp / INDEX_FILE, _encode(".png", result.index_map, png))
-        _write(tmp / COLOR_FILE, _encode(".png", colors[:, :, ::-1], png))
+        write_bytes(tmp / INDEX_FILE, _encode(".png", result.index_map, png))
+        write_bytes(tmp / COLOR_FILE, _encode(".png", colors[:, :, ::-1], png))
         shown = overlay(image, colors, result.index_map, cfg.overlay_alpha)
-        _write(
+        write_bytes(
             tmp / OVERLAY_FILE,
             _encode(".jpg", shown[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality]),
         )
-        _write(tmp / SEGMENTS_FILE, json.dumps(segments_document(result)).encode())
+        write_bytes(tmp / SEGMENTS_FILE, json.dumps(segments_document(result)).encode())
         manifest.setdefault("timings_s", {})["write"] = round(time.perf_counter() - started, 4)
-        _write(
+        write_bytes(
             tmp / MANIFEST_FILE, json.dumps(manifest, indent=2).encode()
         )  # last: marks completeness
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,6 +19,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from worker.durable import fsync_dir, replace_json
+
 CLAIMED, DONE, FAILED = "claimed", "done", "failed"
 CLAIM_FILE = "claim.json"
 ERROR_FILE = "error.json"
@@ -62,27 +64,9 @@ def safe_member(directory: Path, name: str | None) -> Path | None:
     return directory / name
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON durably (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def write_claim(directory: Path, claim: Claim) -> None:
-    write_json(directory / CLAIM_FILE, asdict(claim))
-    _fsync_dir(directory)
+    replace_json(directory / CLAIM_FILE, asdict(claim))
+    fsync_dir(directory)
 
 
 def read_claim(directory: Path) -> Claim:
@@ -103,7 +87,7 @@ def _move_dir(source: Path, target: Path) -> Path:
         landed = target / DUPLICATES / stamp
         landed.parent.mkdir(parents=True, exist_ok=True)
         os.rename(source, landed)
-    _fsync_dir(landed.parent)
+    fsync_dir(landed.parent)
     return landed
 
 
@@ -115,7 +99,7 @@ def finish(state_dir: str | os.PathLike, job_id: str) -> Path:
 def fail(state_dir: str | os.PathLike, job_id: str, reason: str, detail: str | None = None) -> Path:
     """The job's input cannot be used: move its claim to `failed/` with error.json."""
     target = _move_dir(folder(state_dir, CLAIMED, job_id), folder(state_dir, FAILED, job_id))
-    write_json(
+    replace_json(
         target / ERROR_FILE,
         {"job_id": job_id, "reason": reason, "detail": detail, "failed_at": now_iso()},
     )
@@ -140,7 +124,7 @@ def fail_entry(state_dir: str | os.PathLike, path: Path, reason: str) -> Path:
     except OSError as exc:  # e.g. another file system: leave it, but say why
         shutil.rmtree(target, ignore_errors=True)
         raise OSError(f"cannot move {path} to {target}: {exc.strerror}") from exc
-    write_json(
+    replace_json(
         target / ERROR_FILE,
         {
             "name": original.decode("utf-8", "backslashreplace"),
