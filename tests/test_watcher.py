@@ -51,3 +51,25 @@ def test_claims_wait_on_disk_while_redis_is_down_and_are_enqueued_later(watcher,
     watcher.pending_enqueue.clear()  # as after a watcher restart: only the disk remembers
     assert watcher.reconcile() == 1
     assert queues.queue("segment", watcher.connection).job_ids == [made[0].job_id]
+
+
+def test_a_part_file_is_left_alone_until_renamed_and_moved_aside_when_stale(watcher):
+    """A `.part` file is a writer's temp file: never claimed, looked at again only once per
+    rescan interval, and moved to failed/ with a reason once untouched for stale_part_s."""
+    import os
+    import time
+
+    part = watcher.inbox / ".a.jpg.part"
+    part.write_bytes(b"partial")
+    watcher.rescan()
+    watcher.seen[part.name].since -= 60
+    assert watcher.process() == []
+    assert part.exists() and watcher.seen[part.name].idle_until > time.monotonic()
+    old = time.time() - watcher.cfg.stale_part_s - 10
+    os.utime(part, (old, old))
+    watcher.rescan()  # the new mtime is a change: a fresh entry, settling again
+    watcher.seen[part.name].since -= 60
+    watcher.process()
+    assert not part.exists()
+    (failed,) = [p for p in (watcher.state_dir / "failed").iterdir()]
+    assert "partial upload left untouched" in (failed / "error.json").read_text()

@@ -56,6 +56,7 @@ class _Seen:
     signature: tuple[int, int, int]  # (inode, size, mtime_ns)
     since: float  # monotonic time of the last change
     closed: bool  # the last event was close-after-write or rename-in: the writer is done
+    idle_until: float = 0.0  # a temp file or a waiting mask: look again only after this time
 
 
 class Watcher:
@@ -74,9 +75,6 @@ class Watcher:
         self.connection = queues.connect(config)
         self.segment_queue = queues.queue(queues.SEGMENT_QUEUE, self.connection)
         self.pending_enqueue: dict[str, state.Claim] = {}
-        # Masks waiting for their image: looking one up reads every claim in state/, so a waiting
-        # mask is looked up again only once per rescan interval (or when it changes).
-        self.mask_next_lookup: dict[tuple[str, tuple[int, int, int]], float] = {}
         self.scans = 0
 
     # --- observer -------------------------------------------------------------------------
@@ -150,27 +148,29 @@ class Watcher:
             del self.seen[name]
         for name in names:
             self._note(name, closed=False)
-        self.mask_next_lookup = {
-            k: t for k, t in self.mask_next_lookup.items() if k[0] in self.seen
-        }
         self.scans += 1
 
-    def _complete(self, name: str, now: float) -> bool:
+    def _complete(self, name: str, now: float) -> os.stat_result | None:
+        """The entry's lstat if it has been unchanged long enough to be complete, else None.
+
+        No syscall while its settle time is still running: with thousands of files arriving, each
+        is stat'ed about once per settle period, not on every tick.
+        """
         entry = self.seen.get(name)
         if entry is None:
-            return False
+            return None
         wait = self.cfg.settle_s if entry.closed else self.cfg.settle_scan_s
         if now - entry.since < wait:
-            return False
+            return None
         try:
             info = os.lstat(self.inbox / name)
         except FileNotFoundError:
             self.seen.pop(name, None)
-            return False
+            return None
         if (info.st_ino, info.st_size, info.st_mtime_ns) != entry.signature:
             self.seen[name] = _Seen((info.st_ino, info.st_size, info.st_mtime_ns), now, False)
-            return False
-        return True
+            return None
+        return info
 
     # --- deciding -----------------------------------------------------------------------
     def _refuse(self, name: str, reason: str) -> None:
@@ -190,50 +190,49 @@ class Watcher:
         for name in self.seen:
             if name.lower().endswith(IMAGE_SUFFIXES) and not name.lower().endswith(MASK_SUFFIX):
                 stems.setdefault(image_stem(name), []).append(name)
-        model_version = registry.current_version(self.config.paths.models)
+        model_version = None
         for name in sorted(self.seen):
             entry = self.seen.get(name)
-            if entry is None:
+            if entry is None or entry.idle_until > now:
                 continue
-            try:
-                info = os.lstat(self.inbox / name)
-            except FileNotFoundError:
-                self.seen.pop(name, None)
+            info = self._complete(name, now)
+            if info is None:
                 continue
             kind, reason = classify(name, info)
             if kind is Kind.TEMP:
                 if time.time() - info.st_mtime > self.cfg.stale_part_s:
+                    what = "partial upload" if name.lower().endswith(PART_SUFFIX) else "hidden file"
                     self._refuse(
-                        name, f"abandoned partial upload ({PART_SUFFIX} file untouched too long)"
+                        name,
+                        f"{what} left untouched for over {self.cfg.stale_part_s:.0f} s "
+                        "(watcher.stale_part_s)",
                     )
-                continue
-            if not self._complete(name, now):
+                else:
+                    entry.idle_until = now + self.cfg.rescan_interval_s  # wait for its rename
                 continue
             if kind is Kind.REFUSED:
                 self._refuse(name, reason)
-            elif kind is Kind.IMAGE:
+                continue
+            model_version = model_version or registry.current_version(self.config.paths.models)
+            if kind is Kind.IMAGE:
                 mask = f"{image_stem(name)}{MASK_SUFFIX}"
-                if mask in self.seen and not self._complete(mask, now):
-                    continue  # its mask is still being written: claim them together
-                mask_path = self.inbox / mask if mask in self.seen else None
-                if (
-                    mask_path is not None
-                    and classify(mask, os.lstat(mask_path))[0] is not Kind.MASK
-                ):
-                    mask_path = None
+                mask_path = None
+                if mask in self.seen:
+                    mask_info = self._complete(mask, now)
+                    if mask_info is None:
+                        continue  # its mask is still being written: claim them together
+                    if classify(mask, mask_info)[0] is Kind.MASK:
+                        mask_path = self.inbox / mask
                 made += self._claim(name, mask_path, model_version)
             elif kind is Kind.MASK:
                 stem = image_stem(name)
                 if stems.get(stem):
                     continue  # its image is in the inbox: the image claims it
-                key = (name, entry.signature)
-                if self.mask_next_lookup.get(key, 0.0) > now:
-                    continue
+                # Looking up an earlier image reads the claims in state/: once per rescan interval.
                 previous = claims.latest_for_stem(self.state_dir, stem)
                 if previous is None:
-                    self.mask_next_lookup[key] = now + self.cfg.rescan_interval_s
+                    entry.idle_until = now + self.cfg.rescan_interval_s
                     continue  # its image has not arrived yet
-                self.mask_next_lookup.pop(key, None)
                 log.info(
                     "%s arrived after its image: segmenting %s again inside the region",
                     name,
