@@ -44,7 +44,7 @@ class Service:
 
     # --- redis ------------------------------------------------------------------------------
     def start_redis(self, appendonly: bool = True) -> None:
-        from worker.service import redis_binary
+        from worker.supervisor import redis_binary
 
         data = self.root / "redis-data"
         data.mkdir(exist_ok=True)

@@ -249,7 +249,7 @@ def run(argv: list[str] | None = None) -> int:
 
             return run_worker(config, name=args.name, burst=args.burst)
         if args.command == "up":
-            from worker.service import up
+            from worker.supervisor import up
 
             return up(config, str(args.config) if args.config else None)
     except SegdError as exc:

@@ -189,7 +189,12 @@ class SamModel:
     """A SAM2 model held on one device, with segd's encode and decode passes."""
 
     def __init__(
-        self, sam: torch.nn.Module, info: ModelInfo, device: torch.device, dtype: torch.dtype
+        self,
+        sam: torch.nn.Module,
+        info: ModelInfo,
+        device: torch.device,
+        dtype: torch.dtype,
+        decoder_batch: int | None = None,
     ):
         from sam2.utils.transforms import SAM2Transforms
 
@@ -198,7 +203,8 @@ class SamModel:
         self.device = device
         self.dtype = dtype
         self.image_size = int(sam.image_size)
-        self.config_decoder_batch: int | None = None
+        # Prompts per decoder call: as configured, else 4 on CPU (cache-sized) / 64 on CUDA.
+        self.decoder_batch = decoder_batch or (64 if device.type == "cuda" else 4)
         with (
             warnings.catch_warnings()
         ):  # SAM2Transforms uses torch.jit.script, deprecated in torch 2.14
@@ -246,14 +252,7 @@ class SamModel:
             dtype=str(dtype).removeprefix("torch."),
             model_version=model_version,
         )
-        model = cls(sam, info, device, dtype)
-        model.config_decoder_batch = cfg.decoder_batch
-        return model
-
-    @property
-    def decoder_batch(self) -> int:
-        """Prompts per decoder call: model.decoder_batch, or 4 on CPU / 64 on CUDA."""
-        return self.config_decoder_batch or (64 if self.device.type == "cuda" else 4)
+        return cls(sam, info, device, dtype, decoder_batch=cfg.decoder_batch)
 
     def autocast(self):
         """The autocast context for this model's device and dtype (a no-op for float32)."""

@@ -1,4 +1,5 @@
-"""`segd up`: the whole service on one host — a private redis-server, the watcher and a worker.
+"""`segd up`: a small supervisor for the whole service on one host — a private redis-server,
+the watcher and a worker.
 
 The private Redis listens only on a unix socket (mode 700) in the state folder, with append-only
 persistence, so queued jobs survive a crash. With `redis.url` set, that Redis is used instead and
@@ -159,8 +160,9 @@ class _Child:
             self.process.wait()
 
 
-def _progress(config: Config, connection: Redis, started: dict) -> str | None:
-    """`queued 3 · running 1 · done 12 · failed 1` since `segd up` started, or None when idle."""
+def _progress(config: Config, connection: Redis, started: dict, shown: list) -> str | None:
+    """`queued 3 · running 1 · done 12 · failed 1` since `segd up` started; None when nothing
+    changed while idle. `started`: done/failed counts at start; `shown`: the last (done, failed)."""
     try:
         segment_queue = queues.queue(queues.SEGMENT_QUEUE, connection)
         queued, running = segment_queue.count, segment_queue.started_job_registry.count
@@ -168,9 +170,9 @@ def _progress(config: Config, connection: Redis, started: dict) -> str | None:
         return None
     done = _count(Path(config.paths.state) / state.DONE) - started["done"]
     failed = _count(Path(config.paths.state) / state.FAILED) - started["failed"]
-    if not (queued or running) and started.get("shown") == (done, failed):
+    if not (queued or running) and shown == [done, failed]:
         return None
-    started["shown"] = (done, failed)
+    shown[:] = [done, failed]
     return f"queued {queued} · running {running} · done {done} · failed {failed}"
 
 
@@ -211,6 +213,7 @@ def up(config: Config, config_file: str | None = None) -> int:
         "done": _count(Path(config.paths.state) / state.DONE),
         "failed": _count(Path(config.paths.state) / state.FAILED),
     }
+    shown: list[int] = []
     code = EXIT_OK
     try:
         for child in children:
@@ -240,7 +243,7 @@ def up(config: Config, config_file: str | None = None) -> int:
                     break
                 log.warning("%s exited with code %d; restarting it", child.name, exit_code)
                 child.start()
-            line = _progress(config, connection, counts)
+            line = _progress(config, connection, counts, shown)
             if line:
                 print(
                     f"\r[segd] {line}   " if tty else f"[segd] {line}",
