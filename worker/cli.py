@@ -12,7 +12,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from worker import __version__
+from worker import __version__, cli_train
 from worker.config import Config, load_config
 from worker.errors import EXIT_FAILED_INPUTS, EXIT_OK, SegdError
 
@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "done and failed in the last hour, and the latest failures with their reasons.",
     )
     status_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    cli_train.add_commands(commands, models_commands, common)
     return parser
 
 
@@ -232,6 +233,9 @@ def run(argv: list[str] | None = None) -> int:
     )
     try:
         config = load_config(args.config)
+        code = cli_train.dispatch(config, args)
+        if code is not None:
+            return code
         if args.command == "segment":
             return cmd_segment(config, args.images, args.mask, args.out)
         if args.command == "models" and args.models_command == "fetch":

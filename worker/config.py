@@ -145,6 +145,44 @@ class WorkerConfig(_Section):
     retries: int = Field(default=2, ge=0, le=10)
 
 
+class TrainingConfig(_Section):
+    # Labelled folders (`images/` + `labels/` [+ `val/`], or LabPics' `Simple/Train/...`) must
+    # lie under this folder; a dataset named by a relative path is looked up here.
+    datasets_root: Path = Path("datasets")
+    # The model a run starts from: "current" (what the workers use), "base", or a version name.
+    base: str = "current"
+    steps: int = Field(default=1000, ge=1)
+    batch_images: int = Field(default=4, ge=1)  # images per step, each with its own features
+    instances_per_image: int = Field(default=8, ge=1)
+    points_per_instance: int = Field(default=1, ge=1)  # positive points per prompt (service: 1)
+    negative_points: int = Field(default=0, ge=0)  # background points added to each prompt
+    box_probability: float = Field(default=0.0, ge=0, le=1)  # share of prompts that get a box
+    train_encoder: bool = False  # also fine-tune the image encoder (more memory, slower)
+    lr: float = Field(default=1e-4, gt=0)  # prompt encoder and mask decoder
+    encoder_lr: float = Field(default=1e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_steps: int = Field(default=50, ge=0)  # linear warm-up, then cosine decay to 0
+    grad_clip: float = Field(default=1.0, gt=0)  # max global gradient norm
+    val_every: int = Field(default=100, ge=1)  # steps between validations
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)  # held out when there is no val/
+    val_max_images: int = Field(default=100, ge=1)
+    patience: int = Field(default=5, ge=0)  # validations without improvement; 0 = never stop early
+    checkpoint_every: int = Field(default=50, ge=1)  # steps between resumable checkpoints
+    seed: int = 0
+    # Make the new version current: if it beats the current model on the run's validation set,
+    # always, or never (then `segd models promote VERSION`).
+    promote: Literal["if_better", "always", "never"] = "if_better"
+    job_timeout_s: int = Field(default=4 * 3600, ge=60)
+    retries: int = Field(default=1, ge=0, le=10)  # a crashed run resumes from its checkpoint
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, base: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", base):
+            raise ValueError('must be "current", "base" or a model version name')
+        return base
+
+
 class Config(_Section):
     paths: PathsConfig = PathsConfig()
     redis: RedisConfig = RedisConfig()
@@ -155,9 +193,36 @@ class Config(_Section):
     outputs: OutputsConfig = OutputsConfig()
     watcher: WatcherConfig = WatcherConfig()
     worker: WorkerConfig = WorkerConfig()
+    training: TrainingConfig = TrainingConfig()
 
     # Where the values came from, for error messages and manifests (not a config key).
     source: str = Field(default="defaults", exclude=True)
+
+
+# The training settings one run may override (the rest of `training` belongs to the operator).
+TRAINING_JOB_OPTIONS = frozenset(TrainingConfig.model_fields) - {
+    "datasets_root",
+    "job_timeout_s",
+    "retries",
+}
+
+
+def training_settings(config: Config, options: dict[str, Any]) -> TrainingConfig:
+    """`config.training` with one run's options applied and validated.
+
+    Raises ConfigError naming each unknown or invalid option and what is allowed.
+    """
+    unknown = sorted(set(options) - TRAINING_JOB_OPTIONS)
+    if unknown:
+        raise ConfigError(
+            f"unknown training option(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(TRAINING_JOB_OPTIONS))}"
+        )
+    try:
+        return TrainingConfig(**{**config.training.model_dump(), **options})
+    except ValidationError as exc:
+        lines = [f"{_describe(err, 'training option')}" for err in exc.errors()]
+        raise ConfigError("invalid training option:\n  " + "\n  ".join(lines)) from None
 
 
 def _allowed_keys(section: str | None) -> list[str]:
@@ -278,4 +343,10 @@ def load_config(
         key: value if value.is_absolute() else base / value
         for key, value in config.paths.model_dump().items()
     }
-    return config.model_copy(update={"paths": config.paths.model_copy(update=resolved)})
+    root = config.training.datasets_root
+    training = config.training.model_copy(
+        update={"datasets_root": root if root.is_absolute() else base / root}
+    )
+    return config.model_copy(
+        update={"paths": config.paths.model_copy(update=resolved), "training": training}
+    )

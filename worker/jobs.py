@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import traceback
+import uuid
 from pathlib import Path
 
 from rq import get_current_job
 
 from worker import registry, state
 from worker.config import Config, load_config
-from worker.errors import BadInput
-from worker.pipeline import segment_file
+from worker.errors import BadInput, SegdError
 
 log = logging.getLogger("segd.worker")
 
@@ -41,16 +42,14 @@ class Runtime:
         if self._segmenter is not None and stamp == self._stamp:
             return self._segmenter
         version = registry.current_version(self.config.paths.models)
-        config = self.config
-        if version != registry.BASE:
-            weights = registry.weights_path(config.paths.models, version)
-            config = config.model_copy(
-                update={"model": config.model.model_copy(update={"checkpoint": str(weights)})}
-            )
         if self._segmenter is not None:
             log.info("model changed: loading version %s", version)
-        model = SamModel.load(config, model_version=version)
-        self._segmenter, self._stamp, self.model_version = Segmenter(model, config), stamp, version
+        model = SamModel.load_version(self.config, version)
+        self._segmenter, self._stamp, self.model_version = (
+            Segmenter(model, self.config),
+            stamp,
+            version,
+        )
         log.info(
             "model %s (%s) on %s, %s%s",
             model.info.name,
@@ -93,6 +92,8 @@ def segment(job_id: str, image: str, mask: str | None = None) -> dict:
     A bad input ends in state/failed/<job_id>/ at once (retrying cannot help); an unexpected
     error is retried by RQ and, after the last attempt, ends there too with its traceback.
     """
+    from worker.pipeline import segment_file  # deferred: the trainer process stays torch-free
+
     rt = runtime()
     cfg = rt.config
     claim_dir = state.folder(cfg.paths.state, state.CLAIMED, job_id)
@@ -135,3 +136,56 @@ def segment(job_id: str, image: str, mask: str | None = None) -> dict:
         raise
     state.finish(cfg.paths.state, job_id)
     return {"status": "done", "result": str(folder)}
+
+
+class _MetaReporter:
+    """Training progress into the job's meta (what `segd train --follow` and `segd status`
+    show), saved at most once a second and at every phase change or validation."""
+
+    def __init__(self, job, interval_s: float = 1.0):
+        self.job, self.interval_s, self._saved, self._last = job, interval_s, 0.0, {}
+
+    def __call__(self, info: dict) -> None:
+        if self.job is None:
+            return
+        changed = info.get("phase") != self._last.get("phase") or info.get(
+            "val_miou"
+        ) != self._last.get("val_miou")
+        self.job.meta.update(info)
+        self._last = dict(info)
+        now = time.monotonic()
+        if changed or now - self._saved >= self.interval_s:
+            try:
+                self.job.save_meta()
+                self._saved = now
+            except Exception as exc:  # progress is best effort; training goes on
+                log.warning("could not save training progress: %s", exc)
+
+
+def train(dataset: str, steps: int | None = None, run: str | None = None, **options) -> dict:
+    """Fine-tune on the labelled folder `dataset` (under `training.datasets_root`).
+
+    `steps` and the other options override `training.*` for this run (e.g. `batch_images`,
+    `train_encoder`, `lr`, `promote`). `run` names the run's checkpoint folder (default: the
+    job id), so a retried job resumes where it crashed. Bad datasets and options fail at once,
+    without retries; the summary (version, promoted, mIoU before/after) is the job's result.
+    """
+    from worker.finetune import run_training  # deferred: torch loads only in the trainer's runs
+
+    job = get_current_job()
+    if steps is not None:
+        options["steps"] = steps
+    run_id = run or (job.id if job is not None else uuid.uuid4().hex)
+    if not isinstance(run_id, str) or not registry.VERSION_PATTERN.fullmatch(run_id):
+        raise ValueError(f"run {run_id!r}: use letters, digits, '.', '_' and '-' only")
+    try:
+        summary = run_training(runtime().config, dataset, options, run_id, _MetaReporter(job))
+    except SegdError as exc:  # a bad dataset, option or model: retrying cannot help
+        if job is not None:
+            job.retries_left = 0
+        log.error("training on %s failed: %s", dataset, exc)
+        raise
+    if job is not None:
+        job.meta.update(phase="done", result=summary)
+        job.save_meta()
+    return summary

@@ -254,6 +254,18 @@ class SamModel:
         )
         return cls(sam, info, device, dtype, decoder_batch=cfg.decoder_batch)
 
+    @classmethod
+    def load_version(cls, config: Config, version: str) -> SamModel:
+        """Load a registry version: "base" (the configured checkpoint) or a fine-tuned one."""
+        from worker import registry
+
+        if version != registry.BASE:
+            weights = registry.weights_path(config.paths.models, version)
+            config = config.model_copy(
+                update={"model": config.model.model_copy(update={"checkpoint": str(weights)})}
+            )
+        return cls.load(config, model_version=version)
+
     def autocast(self):
         """The autocast context for this model's device and dtype (a no-op for float32)."""
         if self.dtype == torch.float32:
@@ -267,24 +279,43 @@ class SamModel:
     @torch.inference_mode()
     def encode(self, images: Sequence[np.ndarray]) -> ImageFeatures:
         """Run the image encoder once on a batch of (H, W, 3) uint8 RGB images."""
-        batch = torch.stack([self._transforms(image) for image in images]).to(
+        batch = self.preprocess(images)
+        with self.autocast():
+            image_embed, high_res = self.backbone_features(batch)
+        return ImageFeatures(
+            image_embed=image_embed,
+            high_res=high_res,
+            image_hw=[tuple(image.shape[:2]) for image in images],
+        )
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB images → (B, 3, S, S) float32 normalised, on the device.
+
+        Exactly the inference transform (resize to the model's square input, ImageNet mean/std),
+        so training sees what the service sees.
+        """
+        return torch.stack([self._transforms(image) for image in images]).to(
             self.device, non_blocking=True
         )
-        with self.autocast():
-            backbone_out = self.sam.forward_image(batch)
-            _, vision_feats, _, _ = self.sam._prepare_backbone_features(backbone_out)
-            if self.sam.directly_add_no_mem_embed:
-                vision_feats[-1] = vision_feats[-1] + self.sam.no_mem_embed
+
+    def backbone_features(
+        self, batch: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The image encoder on a (B, 3, S, S) batch; no grad mode of its own (training uses it).
+
+        Returns image_embed (B, 256, S/16, S/16) and high-res features ((B, 32, S/4, S/4),
+        (B, 64, S/8, S/8)): row b of each belongs to image b and to no other.
+        """
+        backbone_out = self.sam.forward_image(batch)
+        _, vision_feats, _, _ = self.sam._prepare_backbone_features(backbone_out)
+        if self.sam.directly_add_no_mem_embed:
+            vision_feats[-1] = vision_feats[-1] + self.sam.no_mem_embed
         batch_size = batch.shape[0]
         feats = [
             feat.permute(1, 2, 0).reshape(batch_size, -1, *size)
             for feat, size in zip(vision_feats[::-1], self.feature_sizes[::-1], strict=True)
         ][::-1]
-        return ImageFeatures(
-            image_embed=feats[-1],
-            high_res=(feats[0], feats[1]),
-            image_hw=[tuple(image.shape[:2]) for image in images],
-        )
+        return feats[-1], (feats[0], feats[1])
 
     @torch.inference_mode()
     def decode(

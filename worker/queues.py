@@ -26,8 +26,9 @@ VIDEO_QUEUE = "video"
 QUEUES = (SEGMENT_QUEUE, VIDEO_QUEUE, TRAIN_QUEUE)
 
 SEGMENT_JOB = "worker.jobs.segment"
-# The only callables a segd worker will run. Training and video jobs join with their features.
-ALLOWED_CALLABLES = frozenset({SEGMENT_JOB})
+TRAIN_JOB = "worker.jobs.train"
+# The only callables a segd worker will run.
+ALLOWED_CALLABLES = frozenset({SEGMENT_JOB, TRAIN_JOB})
 
 SOCKET_NAME = "redis.sock"
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux
@@ -119,3 +120,25 @@ def enqueue_segment(
         )
     except DuplicateJobError:
         return None
+
+
+def enqueue_train(
+    train_queue: Queue,
+    dataset: str,
+    options: dict,
+    *,
+    timeout_s: int,
+    retries: int,
+    job_id: str | None = None,
+) -> Job:
+    """Enqueue `worker.jobs.train` (JSON arguments only); a retry resumes from the checkpoint."""
+    return train_queue.enqueue(
+        TRAIN_JOB,
+        job_id=job_id,
+        kwargs={"dataset": dataset, **options},
+        job_timeout=timeout_s,
+        retry=Retry(max=retries) if retries else None,
+        result_ttl=30 * 24 * 3600,
+        failure_ttl=30 * 24 * 3600,
+        description=f"train on {dataset}",
+    )

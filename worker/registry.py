@@ -2,15 +2,22 @@
 
     <paths.models>/base/<official file>.pt    official checkpoints (`segd models fetch`)
     <paths.models>/<version>/model.pt          a fine-tuned model (written by training jobs)
+    <paths.models>/<version>/card.json         what it is: base, dataset, settings, scores, hardware
     <paths.models>/current                     a text file naming the version in use; absent = "base"
+    <paths.models>/history.json                the promotion stack (`rollback` pops it) and a log
 
 Light (standard library only): the watcher reads the current version to compute job ids.
+Versions appear whole: a training run writes `.tmp-<version>/` and renames it into place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import re
+import time
 from pathlib import Path
 
 from worker.errors import ModelError
@@ -18,6 +25,9 @@ from worker.errors import ModelError
 BASE = "base"
 CURRENT_FILE = "current"
 WEIGHTS_FILE = "model.pt"
+CARD_FILE = "card.json"
+HISTORY_FILE = "history.json"
+LOCK_FILE = ".lock"
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -63,3 +73,138 @@ def set_current(models_dir: str | os.PathLike, version: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, models_dir / CURRENT_FILE)
+
+
+@contextlib.contextmanager
+def _locked(models_dir: Path):
+    """Serialise promotions and rollbacks between processes (and hosts sharing the folder)."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with open(models_dir / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_card(models_dir: str | os.PathLike, version: str) -> dict | None:
+    """A version's card, or None when it has none (or it is unreadable)."""
+    try:
+        return json.loads((Path(models_dir) / version / CARD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def versions(models_dir: str | os.PathLike) -> list[dict]:
+    """Every fine-tuned version (oldest first): {"version", "card", "current"}."""
+    models_dir = Path(models_dir)
+    current = current_version(models_dir)
+    found = []
+    if models_dir.is_dir():
+        for entry in os.scandir(models_dir):
+            if (
+                entry.is_dir(follow_symlinks=False)
+                and entry.name != BASE
+                and VERSION_PATTERN.fullmatch(entry.name)
+                and (Path(entry.path) / WEIGHTS_FILE).is_file()
+            ):
+                card = read_card(models_dir, entry.name) or {}
+                found.append(
+                    {"version": entry.name, "card": card, "current": entry.name == current}
+                )
+    return sorted(found, key=lambda v: (v["card"].get("created", ""), v["version"]))
+
+
+def publish(models_dir: str | os.PathLike, staging: Path, version: str) -> Path:
+    """Rename a complete staging folder (weights + card) to `<models>/<version>/`."""
+    if not VERSION_PATTERN.fullmatch(version) or version == BASE:
+        raise ModelError(f"{version!r} is not a model version name")
+    target = Path(models_dir) / version
+    if target.exists():
+        raise ModelError(f"model version {version!r} exists already at {target}")
+    for path in staging.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    os.rename(staging, target)
+    fd = os.open(models_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target
+
+
+def _history(models_dir: Path) -> dict:
+    try:
+        data = json.loads((models_dir / HISTORY_FILE).read_text())
+        if isinstance(data.get("stack"), list) and isinstance(data.get("log"), list):
+            return data
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"stack": [current_version(models_dir)], "log": []}
+
+
+def promote(models_dir: str | os.PathLike, version: str, reason: str = "promote") -> str:
+    """Make `version` current (pushing it on the history stack); returns the previous one."""
+    models_dir = Path(models_dir)
+    if version != BASE:
+        if not VERSION_PATTERN.fullmatch(version):
+            raise ModelError(f"{version!r} is not a model version name")
+        if not (models_dir / version / WEIGHTS_FILE).is_file():
+            known = ", ".join(v["version"] for v in versions(models_dir)) or "none"
+            raise ModelError(f"no model version {version!r} in {models_dir} (versions: {known})")
+    with _locked(models_dir):
+        previous = current_version(models_dir)
+        history = _history(models_dir)
+        if not history["stack"] or history["stack"][-1] != previous:
+            history["stack"].append(previous)
+        if version != previous:
+            history["stack"].append(version)
+        history["log"].append(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "action": reason,
+                "version": version,
+                "previous": previous,
+            }
+        )
+        set_current(models_dir, version)
+        _write_json(models_dir / HISTORY_FILE, history)
+    return previous
+
+
+def rollback(models_dir: str | os.PathLike) -> tuple[str, str]:
+    """Return to the version that was current before the current one; (from, to)."""
+    models_dir = Path(models_dir)
+    with _locked(models_dir):
+        current = current_version(models_dir)
+        history = _history(models_dir)
+        stack = history["stack"]
+        if stack and stack[-1] == current:
+            stack.pop()
+        while stack and stack[-1] != BASE and not (models_dir / stack[-1] / WEIGHTS_FILE).is_file():
+            stack.pop()  # a version deleted by hand since
+        if not stack:
+            raise ModelError(f"nothing to roll back to: {current!r} is the first model in use")
+        target = stack[-1]
+        history["log"].append(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "action": "rollback",
+                "version": target,
+                "previous": current,
+            }
+        )
+        set_current(models_dir, target)
+        _write_json(models_dir / HISTORY_FILE, history)
+    return current, target

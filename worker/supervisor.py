@@ -148,15 +148,20 @@ class _Child:
             [sys.executable, "-m", "worker", *self.args], env=self.env, start_new_session=True
         )
 
-    def stop(self, timeout_s: float) -> None:
+    def stop(self, timeout_s: float, group: bool = False) -> None:
+        """SIGTERM once (a worker finishes its job), then SIGKILL after `timeout_s`; `group`:
+        the whole process group (the trainer's forked run too)."""
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)  # once: the worker finishes its job
+        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop within %.0f s; killing it", self.name, timeout_s)
-            self.process.kill()
+            if group:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            else:
+                self.process.kill()
             self.process.wait()
 
 
@@ -207,6 +212,7 @@ def up(config: Config, config_file: str | None = None) -> int:
     children = [
         _Child("watcher", ["watch", *common], env),
         _Child("worker", ["worker", *common], env),
+        _Child("trainer", ["trainer", *common], env),
     ]
     connection = Redis.from_url(env.get("SEGD_REDIS__URL") or queues.redis_url(config))
     counts = {
@@ -252,9 +258,12 @@ def up(config: Config, config_file: str | None = None) -> int:
                     flush=True,
                 )
     finally:
-        log.info("stopping: watcher, worker (finishing its job), Redis")
+        log.info("stopping: watcher, worker (finishing its job), trainer, Redis")
         children[0].stop(timeout_s=10)
         children[1].stop(timeout_s=config.worker.job_timeout_s + 30)
+        # A training run can take hours: it is interrupted, and resumes from its last
+        # checkpoint when a trainer starts again.
+        children[2].stop(timeout_s=15, group=True)
         if server is not None:
             server.stop()
     return code

@@ -1,0 +1,460 @@
+"""Fine-tuning SAM2 on a labelled folder: one training step, validation, the loop.
+
+Read top to bottom:
+
+1. `select_trainable`: the prompt encoder and mask decoder train; the image encoder optionally.
+2. `sample_prompts`: for each image of a batch, up to K instances, each prompted by random
+   positive points (optionally negative points and a jittered box), in model-input pixels.
+3. `mask_losses`: all three mask outputs are scored against the instance; the loss is taken on
+   the best one (20 x focal + dice, as SAM2's own trainer), plus an L1 loss on the IoU head for
+   every output.
+4. `Trainer.step`: the encoder runs once on the batch (with gradients only when it trains;
+   never through SAM2ImagePredictor's no_grad path); each image is then decoded against its own
+   image embedding and its own high-resolution features.
+5. `evaluate`: validation mIoU with the service's own protocol (the `Segmenter`, its sampling,
+   prediction and stitching), each ground-truth instance matched to its best predicted segment.
+6. `Trainer.run`: zero-shot score first, AdamW with linear warm-up and cosine decay, gradient
+   clipping, validation every `val_every` steps, the best weights kept, early stopping, and a
+   resumable checkpoint every `checkpoint_every` steps.
+
+Images are resized to the model's square input exactly as at inference (`SamModel.preprocess`),
+so the resolution trained at is the one served at. bf16 autocast on CUDA; float32 on the CPU
+unless `model.dtype` says otherwise. A seed makes a run reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from worker.config import Config, TrainingConfig
+from worker.datasets import Dataset, Sample, read_sample
+from worker.model import SamModel
+from worker.segmenter import Segmenter
+
+log = logging.getLogger("segd.training")
+
+FOCAL_WEIGHT, DICE_WEIGHT, IOU_WEIGHT = 20.0, 1.0, 1.0  # SAM2's fine-tuning weights
+MIN_INSTANCE_PIXELS = 4  # instances smaller than this at model resolution are not prompted
+STATE_FILE, BEST_FILE = "state.pt", "best.pt"
+
+
+# --- 1. what trains -------------------------------------------------------------------------
+def select_trainable(sam: torch.nn.Module, train_encoder: bool) -> dict[str, list]:
+    """Freeze everything, then unfreeze the parts that train; returns name → parameters."""
+    sam.requires_grad_(False)
+    groups = {"decoder": [*sam.sam_mask_decoder.parameters(), *sam.sam_prompt_encoder.parameters()]}
+    if train_encoder:
+        groups["encoder"] = [*sam.image_encoder.parameters(), sam.no_mem_embed]
+    for params in groups.values():
+        for param in params:
+            param.requires_grad_(True)
+    return groups
+
+
+# --- 2. prompts -----------------------------------------------------------------------------
+@dataclass
+class Prompts:
+    """Prompts for the K instances of one image, in model-input pixels (0..S).
+
+    coords (K, P, 2) float32 xy; labels (K, P) int32 (1 positive, 0 negative, 2/3 box corners,
+    -1 padding); targets (K, S, S) float32 in {0, 1}.
+    """
+
+    coords: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor
+
+
+def instance_targets(label: np.ndarray, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(H, W) int32 instance ids → ((S, S) int32 ids at model resolution, usable ids (N,))."""
+    resized = F.interpolate(
+        torch.from_numpy(label.astype(np.float32))[None, None], size=(size, size), mode="nearest"
+    )[0, 0].to(torch.int32)
+    ids, counts = torch.unique(resized, return_counts=True)
+    keep = (ids > 0) & (counts >= MIN_INSTANCE_PIXELS)
+    return resized, ids[keep].numpy()
+
+
+def sample_prompts(
+    label_s: torch.Tensor, ids: np.ndarray, settings: TrainingConfig, rng: np.random.Generator
+) -> Prompts:
+    """Prompts for up to `instances_per_image` random instances of one (S, S) label map."""
+    count = min(len(ids), settings.instances_per_image)
+    chosen = rng.choice(ids, size=count, replace=False)
+    size = label_s.shape[-1]
+    positives, negatives = settings.points_per_instance, settings.negative_points
+    use_box = settings.box_probability > 0
+    width = positives + negatives + (2 if use_box else 0)
+    coords = np.zeros((count, width, 2), np.float32)
+    labels = np.full((count, width), -1, np.int32)
+    targets = torch.stack([label_s == int(i) for i in chosen]).float()
+    for k in range(count):
+        mask = targets[k].bool().numpy()
+        ys, xs = np.nonzero(mask)
+        pick = rng.integers(0, len(xs), size=positives)
+        coords[k, :positives] = np.stack([xs[pick], ys[pick]], axis=1)
+        labels[k, :positives] = 1
+        if negatives:
+            ny, nx = np.nonzero(~mask)
+            if len(nx):
+                pick = rng.integers(0, len(nx), size=negatives)
+                coords[k, positives : positives + negatives] = np.stack([nx[pick], ny[pick]], 1)
+                labels[k, positives : positives + negatives] = 0
+        if use_box and rng.random() < settings.box_probability:
+            x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+            jitter = 0.1 * np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0]) + 1
+            box = np.array([x0, y0, x1, y1]) + rng.normal(0, 1, 4) * jitter
+            box = np.clip(box, 0, size - 1)
+            coords[k, -2:] = box.reshape(2, 2)
+            labels[k, -2:] = (2, 3)
+    return Prompts(torch.from_numpy(coords), torch.from_numpy(labels), targets)
+
+
+# --- 3. losses ------------------------------------------------------------------------------
+def mask_losses(
+    logits: torch.Tensor, iou_pred: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of K instances with M mask outputs each.
+
+    logits (K, M, S, S) float32; iou_pred (K, M) float32; targets (K, S, S) float32 in {0, 1}.
+    Returns (mask loss on the best of the M outputs + IoU-head loss, summed over K; and the
+    IoU (K,) of the best output, detached).
+    """
+    target = targets[:, None].expand_as(logits)
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = prob * target + (1 - prob) * (1 - target)
+    alpha_t = 0.25 * target + 0.75 * (1 - target)
+    focal = (alpha_t * ce * (1 - p_t) ** 2).flatten(2).mean(-1)  # (K, M)
+    inter = (prob * target).flatten(2).sum(-1)
+    dice = 1 - (2 * inter + 1) / (prob.flatten(2).sum(-1) + target.flatten(2).sum(-1) + 1)
+    combined = FOCAL_WEIGHT * focal + DICE_WEIGHT * dice  # (K, M)
+    best = combined.argmin(dim=1)
+    rows = torch.arange(len(best), device=logits.device)
+    with torch.no_grad():
+        hard = logits > 0
+        hard_inter = (hard & target.bool()).flatten(2).sum(-1).float()
+        hard_union = (hard | target.bool()).flatten(2).sum(-1).float()
+        actual_iou = hard_inter / hard_union.clamp(min=1)  # (K, M)
+    iou_loss = F.l1_loss(iou_pred, actual_iou, reduction="none").mean(-1)  # every output
+    loss = (combined[rows, best] + IOU_WEIGHT * iou_loss).sum()
+    return loss, actual_iou[rows, best]
+
+
+# --- 5. validation --------------------------------------------------------------------------
+def best_ious(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """IoU of each ground-truth instance with its best-matching predicted segment.
+
+    predicted (H, W) uint16 segment ids, truth (H, W) int32 instance ids (0 = background in
+    both). Returns (N,) float64 for the N instances of `truth`.
+    """
+    gt_ids, gt_index = np.unique(truth, return_inverse=True)
+    pr_ids, pr_index = np.unique(predicted, return_inverse=True)
+    table = np.bincount(
+        gt_index.ravel() * len(pr_ids) + pr_index.ravel(), minlength=len(gt_ids) * len(pr_ids)
+    ).reshape(len(gt_ids), len(pr_ids))
+    gt_rows = gt_ids > 0
+    pr_cols = pr_ids > 0
+    if not gt_rows.any():
+        return np.zeros(0)
+    if not pr_cols.any():
+        return np.zeros(int(gt_rows.sum()))
+    inter = table[gt_rows][:, pr_cols].astype(np.float64)
+    union = table[gt_rows].sum(1)[:, None] + table[:, pr_cols].sum(0)[None, :] - inter
+    return (inter / np.maximum(union, 1)).max(axis=1)
+
+
+def evaluate(model: SamModel, config: Config, samples: list[Sample], reader) -> float:
+    """Validation mIoU: the service's Segmenter on each image, mean best IoU over instances."""
+    segmenter = Segmenter(model, config)
+    ious = []
+    was_training = model.sam.training
+    model.sam.eval()
+    try:
+        for sample in samples:
+            image, label = reader(sample)
+            result = segmenter.segment(image)
+            ious.append(best_ious(result.index_map, label))
+    finally:
+        model.sam.train(was_training)
+    values = np.concatenate(ious) if ious else np.zeros(0)
+    return float(values.mean()) if len(values) else 0.0
+
+
+# --- 6. the loop ----------------------------------------------------------------------------
+def learning_rate(step: int, settings: TrainingConfig, base: float) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to 0 at `steps`."""
+    warmup = min(settings.warmup_steps, settings.steps - 1)
+    if step < warmup:
+        return base * (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, settings.steps - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class Outcome:
+    """What a run achieved; `best_weights` is an official-format checkpoint of the best model."""
+
+    before: float
+    best: float
+    best_step: int
+    steps: int
+    stopped_early: bool
+    history: list[dict]
+    train_seconds: float
+    images_per_s: float
+    best_weights: Path
+    peak_gpu_bytes: int | None = None
+    resumed_from: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Fine-tunes `model.sam` in place on `dataset` (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: SamModel,
+        dataset: Dataset,
+        config: Config,
+        settings: TrainingConfig,
+        run_dir: Path,
+    ):
+        self.model, self.sam = model, model.sam
+        self.dataset, self.config, self.settings = dataset, config, settings
+        self.run_dir = run_dir
+        self.size = model.image_size
+        self.rng = np.random.default_rng(settings.seed)
+        torch.manual_seed(settings.seed)
+        self.groups = select_trainable(self.sam, settings.train_encoder)
+        self.trainable = [p for params in self.groups.values() for p in params]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": params, "lr": self._base_lr(name), "name": name}
+                for name, params in self.groups.items()
+            ],
+            weight_decay=settings.weight_decay,
+        )
+        limits = config.inputs
+        self.read = lru_cache(maxsize=64)(
+            lambda sample: read_sample(sample, limits.max_file_bytes, limits.max_pixels)
+        )
+        self._order: list[int] = []
+
+    def _base_lr(self, group: str) -> float:
+        return self.settings.encoder_lr if group == "encoder" else self.settings.lr
+
+    # --- data ---
+    def _next_samples(self) -> list[Sample]:
+        """The next `batch_images` training samples: a fresh seeded permutation each epoch."""
+        chosen = []
+        while len(chosen) < self.settings.batch_images:
+            if not self._order:
+                self._order = list(self.rng.permutation(len(self.dataset.train)))
+            chosen.append(self.dataset.train[self._order.pop()])
+        return chosen
+
+    def batch(self, samples: list[Sample]) -> tuple[torch.Tensor, list[Prompts]]:
+        """(B, 3, S, S) model inputs and the prompts of each image (images without a usable
+        instance at model resolution are dropped)."""
+        images, prompts = [], []
+        for sample in samples:
+            image, label = self.read(sample)
+            label_s, ids = instance_targets(label, self.size)
+            if not len(ids):
+                continue
+            images.append(image)
+            prompts.append(sample_prompts(label_s, ids, self.settings, self.rng))
+        if not images:
+            return torch.zeros(0), []
+        return self.model.preprocess(images), prompts
+
+    # --- 4. one step ---
+    def forward(
+        self, inputs: torch.Tensor, prompts: list[Prompts]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss (scalar, mean over instances) and the best-output IoU of every instance (N,).
+
+        inputs (B, 3, S, S); image b is decoded with image_embed[b] and high-res features [b].
+        """
+        sam, device = self.sam, self.model.device
+        with self.model.autocast():
+            if self.settings.train_encoder:
+                image_embed, high_res = self.model.backbone_features(inputs)
+            else:
+                with torch.no_grad():
+                    image_embed, high_res = self.model.backbone_features(inputs)
+            total, ious, count = 0.0, [], 0
+            for b, prompt in enumerate(prompts):
+                sparse, dense = sam.sam_prompt_encoder(
+                    points=(prompt.coords.to(device), prompt.labels.to(device)),
+                    boxes=None,
+                    masks=None,
+                )
+                logits, iou_pred, _, _ = sam.sam_mask_decoder(
+                    image_embeddings=image_embed[b : b + 1],
+                    image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=True,
+                    repeat_image=True,
+                    high_res_features=[level[b : b + 1] for level in high_res],
+                )
+                logits = F.interpolate(
+                    logits.float(), (self.size, self.size), mode="bilinear", align_corners=False
+                )
+                loss, best_iou = mask_losses(logits, iou_pred.float(), prompt.targets.to(device))
+                total = total + loss
+                ious.append(best_iou)
+                count += len(best_iou)
+        return total / max(count, 1), torch.cat(ious)
+
+    def step(self, step: int) -> dict:
+        """One optimisation step; returns {"loss", "iou", "images"} of the batch."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(step, self.settings, self._base_lr(group["name"]))
+        inputs, prompts = self.batch(self._next_samples())
+        if not prompts:
+            return {"loss": float("nan"), "iou": float("nan"), "images": 0}
+        loss, ious = self.forward(inputs, prompts)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.trainable, self.settings.grad_clip)
+        self.optimizer.step()
+        return {"loss": loss.item(), "iou": ious.mean().item(), "images": len(prompts)}
+
+    def validate(self) -> float:
+        samples = self.dataset.val[: self.settings.val_max_images]
+        return evaluate(self.model, self.config, samples, self.read)
+
+    # --- checkpoints ---
+    def _save_best(self) -> None:
+        tmp = self.run_dir / f".{BEST_FILE}.tmp"
+        torch.save({"model": self.sam.state_dict()}, tmp)
+        tmp.replace(self.run_dir / BEST_FILE)
+
+    def _save_state(self, progress: dict) -> None:
+        """Everything a crashed run needs to continue exactly (loaded with the safe loader)."""
+        names = {id(p): n for n, p in self.sam.named_parameters()}
+        state = {
+            "trainable": {names[id(p)]: p.detach().cpu() for p in self.trainable},
+            "optimizer": self.optimizer.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "order": [int(i) for i in self._order],
+            **progress,
+        }
+        tmp = self.run_dir / f".{STATE_FILE}.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.run_dir / STATE_FILE)
+
+    def _load_state(self) -> dict | None:
+        path = self.run_dir / STATE_FILE
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        params = dict(self.sam.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state.pop("trainable").items():
+                params[name].copy_(tensor)
+        self.optimizer.load_state_dict(state.pop("optimizer"))
+        self.rng.bit_generator.state = state.pop("numpy_rng")
+        torch.set_rng_state(state.pop("torch_rng"))
+        self._order = list(state.pop("order"))
+        return state
+
+    # --- 6. the loop ---
+    def run(self, report: Callable[[dict], None] = lambda info: None) -> Outcome:
+        """Train for `settings.steps` steps (or until early stopping); resumes if it can."""
+        settings = self.settings
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self._load_state()
+        if resumed:
+            progress = resumed
+            log.info("resuming at step %d from %s", progress["step"], self.run_dir / STATE_FILE)
+        else:
+            report({"phase": "zero-shot validation", "step": 0, "steps": settings.steps})
+            before = self.validate()
+            log.info("zero-shot validation mIoU %.4f", before)
+            self._save_best()
+            progress = {
+                "step": 0,
+                "before": before,
+                "best": before,
+                "best_step": 0,
+                "history": [{"step": 0, "miou": before}],
+                "since_best": 0,
+                "train_seconds": 0.0,
+                "images": 0,
+                "stopped_early": False,
+            }
+        resumed_from = progress["step"] if resumed else None
+        cuda = self.model.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.model.device)
+
+        self.sam.train()
+        losses: list[float] = []
+        clock = time.perf_counter()
+        while progress["step"] < settings.steps and not progress["stopped_early"]:
+            stats = self.step(progress["step"])
+            progress["step"] += 1
+            progress["images"] += stats["images"]
+            losses.append(stats["loss"])
+            now = time.perf_counter()
+            progress["train_seconds"] += now - clock
+            clock = now
+            step = progress["step"]
+            validated = step % settings.val_every == 0 or step == settings.steps
+            if validated:
+                score = self.validate()
+                progress["history"].append({"step": step, "miou": score})
+                if score > progress["best"] + 1e-6:
+                    progress.update(best=score, best_step=step, since_best=0)
+                    self._save_best()
+                else:
+                    progress["since_best"] += 1
+                    if settings.patience and progress["since_best"] >= settings.patience:
+                        progress["stopped_early"] = True
+                log.info("step %d: validation mIoU %.4f (best %.4f)", step, score, progress["best"])
+                clock = time.perf_counter()  # validation time is not training time
+            if validated or step % settings.checkpoint_every == 0:
+                self._save_state(progress)
+            rate = step / max(progress["train_seconds"], 1e-9)
+            report(
+                {
+                    "phase": "training",
+                    "step": step,
+                    "steps": settings.steps,
+                    "loss": float(np.nanmean(losses[-20:])),
+                    "val_miou": progress["history"][-1]["miou"],
+                    "best_miou": progress["best"],
+                    "eta_s": (settings.steps - step) / rate if rate else None,
+                }
+            )
+        self.sam.eval()
+        self._save_state(progress)
+        seconds = progress["train_seconds"]
+        return Outcome(
+            before=progress["before"],
+            best=progress["best"],
+            best_step=progress["best_step"],
+            steps=progress["step"],
+            stopped_early=progress["stopped_early"],
+            history=progress["history"],
+            train_seconds=seconds,
+            images_per_s=progress["images"] / seconds if seconds else 0.0,
+            best_weights=self.run_dir / BEST_FILE,
+            peak_gpu_bytes=torch.cuda.max_memory_allocated(self.model.device) if cuda else None,
+            resumed_from=resumed_from,
+        )
