@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +90,53 @@ def test_set_current_rejects_bad_names_and_changes_nothing(tmp_path, bad):
         registry.set_current(tmp_path, bad)
     assert registry.current_version(tmp_path) == "v1"
     assert os.listdir(tmp_path) == ["current"]
+
+
+def _version(models: Path, name: str, created: str) -> None:
+    (models / name).mkdir(parents=True)
+    (models / name / registry.WEIGHTS_FILE).write_bytes(b"weights")
+    (models / name / registry.CARD_FILE).write_text(json.dumps({"created": created}))
+
+
+def test_promote_and_rollback_walk_the_history_back_to_base(tmp_path):
+    models = tmp_path / "models"
+    _version(models, "v1", "2026-01-01")
+    _version(models, "v2", "2026-01-02")
+    assert registry.promote(models, "v1") == "base"
+    assert registry.promote(models, "v2") == "v1"
+    assert [v["version"] for v in registry.versions(models)] == ["v1", "v2"]
+    assert [v["current"] for v in registry.versions(models)] == [False, True]
+    assert registry.rollback(models) == ("v2", "v1")
+    assert registry.rollback(models) == ("v1", "base")
+    assert registry.current_version(models) == "base"
+    with pytest.raises(ModelError, match="nothing to roll back to"):
+        registry.rollback(models)
+    log = json.loads((models / registry.HISTORY_FILE).read_text())["log"]
+    assert [(e["action"], e["version"]) for e in log] == [
+        ("promote", "v1"),
+        ("promote", "v2"),
+        ("rollback", "v1"),
+        ("rollback", "base"),
+    ]
+
+
+def test_promoting_a_missing_version_names_the_known_ones(tmp_path):
+    models = tmp_path / "models"
+    _version(models, "v1", "2026-01-01")
+    with pytest.raises(ModelError, match=r"no model version 'v9' .*versions: v1"):
+        registry.promote(models, "v9")
+    assert registry.current_version(models) == "base"
+
+
+def test_publish_renames_a_complete_folder_and_never_overwrites(tmp_path):
+    models = tmp_path / "models"
+    staging = models / ".tmp-v1"
+    staging.mkdir(parents=True)
+    (staging / registry.WEIGHTS_FILE).write_bytes(b"w")
+    (staging / registry.CARD_FILE).write_text("{}")
+    assert registry.publish(models, staging, "v1") == models / "v1"
+    assert not staging.exists() and (models / "v1" / registry.WEIGHTS_FILE).read_bytes() == b"w"
+    again = models / ".tmp-v1b"
+    again.mkdir()
+    with pytest.raises(ModelError, match="exists already"):
+        registry.publish(models, again, "v1")

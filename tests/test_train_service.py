@@ -1,0 +1,156 @@
+"""Training through the service: a real redis-server, the real `segd trainer`, `segd worker` and
+`segd watch` processes, RQ's own `rq enqueue` command line, and the registry commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.service_helpers import Service
+from tests.synthetic import draw_scene, labelled_folder
+from worker import queues, registry
+
+# Learns the one training image in ~10 steps (see tests/test_training.py).
+FAST = {
+    "SEGD_TRAINING__TRAIN_ENCODER": "true",
+    "SEGD_TRAINING__LR": "0.001",
+    "SEGD_TRAINING__ENCODER_LR": "0.0003",
+    "SEGD_TRAINING__WARMUP_STEPS": "2",
+    "SEGD_TRAINING__VAL_EVERY": "10",
+    "SEGD_TRAINING__BATCH_IMAGES": "1",
+}
+
+
+@pytest.fixture
+def site(tmp_path, tiny_checkpoint):
+    datasets = tmp_path / "datasets"
+    service = Service(
+        tmp_path / "site",
+        checkpoint=tiny_checkpoint,
+        SEGD_TRAINING__DATASETS_ROOT=str(datasets),
+        **FAST,
+    )
+    service.datasets = datasets
+    service.start_redis()
+    yield service
+    service.close()
+
+
+def _segd(site: Service, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=site.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_rq_enqueue_trains_publishes_promotes_and_the_running_worker_switches(site):
+    """The README's `rq enqueue` line → a version with its card, promoted; the worker that was
+    already running segments the next image with it, without a restart."""
+    labelled_folder(site.datasets / "shapes", images=1, size=256, shapes=1, seed=3)
+    site.start("worker")
+    site.start("watch")
+    first = Image.fromarray(draw_scene(256, 1, seed=3)[0])
+    first.save(site.inbox / "before.png")
+    site.wait_for(lambda: "before" in site.results(), what="the first result")
+    assert site.results()["before"]["model"]["model_version"] == "base"
+
+    site.start("trainer")
+    url = site.env["SEGD_REDIS__URL"]
+    rq = Path(sys.executable).with_name("rq")
+    enqueue = subprocess.run(
+        [str(rq), "enqueue", "-u", url, "-S", "json", "-q", "train", "--timeout", "4h",
+         "worker.jobs.train", "dataset=shapes", "steps:=20"],
+        env=site.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert enqueue.returncode == 0, enqueue.stderr
+
+    models = site.root / "models"
+    site.wait_for(
+        lambda: registry.current_version(models) != registry.BASE,
+        timeout=900,
+        what="the trained version to become current",
+    )
+    version = registry.current_version(models)
+    card = json.loads((models / version / registry.CARD_FILE).read_text())
+    assert card["steps"] == 20 and card["promoted"]
+    assert card["validation"]["miou_after"] > card["validation"]["miou_before"]
+    assert card["dataset"]["path"] == str((site.datasets / "shapes").resolve())
+    job = queues.queue(queues.TRAIN_QUEUE, site.redis_client()).finished_job_registry
+    site.wait_for(lambda: job.count == 1, what="the train job to be finished")
+
+    Image.fromarray(draw_scene(256, 2, seed=4)[0]).save(site.inbox / "after.png")
+    site.wait_for(lambda: "after" in site.results(), what="the result after promotion")
+    assert site.results()["after"]["model"]["model_version"] == version
+    assert site.procs["worker"].poll() is None  # the same worker process, never restarted
+
+    listed = _segd(site, "models", "list", "--json")
+    assert json.loads(listed.stdout)["current"] == version
+    rolled = _segd(site, "models", "rollback")
+    assert rolled.returncode == 0 and f"current model: base (was {version})" in rolled.stdout
+    assert registry.current_version(models) == registry.BASE
+    promoted = _segd(site, "models", "promote", version)
+    assert promoted.returncode == 0 and registry.current_version(models) == version
+    missing = _segd(site, "models", "promote", "nope")
+    assert missing.returncode == 3 and "no model version 'nope'" in missing.stderr
+
+
+def test_a_malformed_dataset_fails_at_once_naming_every_bad_file(site):
+    """Through `segd train --follow`: the job fails before training, is not retried, and the
+    error lists each bad file; a path outside the datasets root is refused before enqueueing."""
+    root = labelled_folder(site.datasets / "broken", images=3, size=64)
+    (root / "labels" / "img001.png").unlink()
+    (root / "images" / "img002.png").write_bytes(b"\x89PNG truncated")
+    site.start("trainer")
+
+    result = _segd(site, "train", "broken", "--steps", "5", "--follow")
+    assert result.returncode == 1, result.stderr
+    assert "img001.png: no label" in result.stderr
+    assert "img002.png: not an image Pillow can read" in result.stderr
+    failed = queues.queue(queues.TRAIN_QUEUE, site.redis_client()).failed_job_registry
+    assert failed.count == 1  # failed once, no retry
+    assert not (site.root / "models").exists() or not registry.versions(site.root / "models")
+
+    outside = site.root / "elsewhere"
+    shutil.copytree(site.datasets / "broken", outside)
+    refused = _segd(site, "train", str(outside))
+    assert refused.returncode == 1 and "outside the datasets root" in refused.stderr
+    assert queues.queue(queues.TRAIN_QUEUE, site.redis_client()).count == 0
+    bad_option = _segd(site, "train", "broken", "--set", "steps=0")
+    assert bad_option.returncode == 2 and "steps" in bad_option.stderr
+
+
+def test_the_trainer_process_stays_free_of_torch_and_refuses_other_callables(site, tmp_path):
+    """Runs happen in forked processes: the trainer itself never maps libtorch (so each run
+    gets a fresh CUDA context); a job naming another callable on its queue is refused."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    trainer = site.start("trainer")
+    connection = site.redis_client()
+    site.wait_for(
+        lambda: any(
+            k.startswith(b"rq:worker:segd-trainer") for k in connection.keys("rq:worker:*")
+        ),
+        what="the trainer to register",
+    )
+    maps = Path(f"/proc/{trainer.pid}/maps").read_text()
+    assert "libtorch" not in maps and "libc" in maps
+
+    marker = tmp_path / "made-by-os-mkdir"
+    Queue("train", connection=connection, serializer=JSONSerializer).enqueue(
+        "os.mkdir", str(marker)
+    )
+    failed = queues.queue(queues.TRAIN_QUEUE, connection).failed_job_registry
+    site.wait_for(lambda: failed.count == 1, what="the job to be refused")
+    assert not marker.exists()
+    assert "is not a segd job; refused" in site.log("trainer")
+    assert site.stop("trainer") == 0
