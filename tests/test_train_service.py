@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,8 @@ from PIL import Image
 
 from tests.service_helpers import Service
 from tests.synthetic import draw_scene, labelled_folder
-from worker import queues, registry
+from worker import queues, registry, status
+from worker.config import load_config
 
 # Learns the one training image in ~10 steps (see tests/test_training.py).
 FAST = {
@@ -73,6 +76,13 @@ def test_rq_enqueue_trains_publishes_promotes_and_the_running_worker_switches(si
     )  # fmt: skip
     assert enqueue.returncode == 0, enqueue.stderr
 
+    config = load_config(None, site.env)
+
+    def training_shown() -> bool:  # `segd status` shows the run's progress from its meta
+        runs = status.collect(config).get("training", [])
+        return any(r["phase"] == "training" and r["step"] and r["steps"] == 20 for r in runs)
+
+    site.wait_for(training_shown, timeout=600, what="segd status to show the training step")
     models = site.root / "models"
     site.wait_for(
         lambda: registry.current_version(models) != registry.BASE,
@@ -154,3 +164,37 @@ def test_the_trainer_process_stays_free_of_torch_and_refuses_other_callables(sit
     assert not marker.exists()
     assert "is not a segd job; refused" in site.log("trainer")
     assert site.stop("trainer") == 0
+
+
+def test_a_trainer_killed_mid_run_resumes_the_run_from_its_checkpoint(site):
+    """SIGKILL the trainer and its run after a checkpoint; a new trainer re-enqueues the run,
+    which continues from that step (not from zero) and publishes one version."""
+    labelled_folder(site.datasets / "shapes", images=1, size=256, shapes=1, seed=3)
+    site.env["SEGD_TRAINING__CHECKPOINT_EVERY"] = "2"
+    trainer = site.start("trainer")
+    result = _segd(site, "train", "shapes", "--steps", "24", "--promote", "never")
+    assert result.returncode == 0, result.stderr
+    runs = site.root / "models" / ".runs"
+
+    def checkpointed() -> bool:
+        return (
+            any((run / "state.pt").exists() for run in runs.glob("*")) if runs.exists() else False
+        )
+
+    site.wait_for(checkpointed, timeout=600, what="the first checkpoint")
+    # SIGKILL the trainer and its forked run (no clean-up at all).
+    children = Path(f"/proc/{trainer.pid}/task/{trainer.pid}/children").read_text().split()
+    assert children, "the run should be in a forked work horse"
+    for pid in [trainer.pid, *map(int, children)]:
+        os.kill(pid, signal.SIGKILL)
+    trainer.wait()
+    site.procs.pop("trainer")
+
+    site.start("trainer")
+    models = site.root / "models"
+    site.wait_for(lambda: registry.versions(models), timeout=900, what="the resumed run's version")
+    card = registry.versions(models)[0]["card"]
+    assert card["steps"] == 24 and card["resumed_from_step"] >= 2
+    assert "was interrupted; resuming it as job" in site.log("trainer")
+    assert "resuming at step" in site.log("trainer")
+    assert registry.current_version(models) == registry.BASE  # --promote never

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 from rq import Worker
+from rq.exceptions import NoSuchJobError
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
 
 from worker import queues, state
 from worker.config import Config
@@ -91,9 +94,33 @@ def collect(config: Config, failures: int = 5) -> dict:
                     "random_weights": info.get("random_weights"),
                 }
             )
+        data["training"] = _training_runs(connection)
     except (RedisError, OSError) as exc:
         data["redis"]["error"] = str(exc)
     return data
+
+
+def _training_runs(connection) -> list[dict]:
+    """Running training jobs with their progress (the job's meta, fed by the run)."""
+    runs = []
+    started = StartedJobRegistry(queues.TRAIN_QUEUE, connection=connection)
+    for job_id in started.get_job_ids(cleanup=False):
+        try:
+            job = queues.SegdJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue
+        meta = job.meta or {}
+        runs.append(
+            {
+                "id": job_id,
+                "dataset": (job.kwargs or {}).get("dataset"),
+                **{
+                    k: meta.get(k)
+                    for k in ("phase", "step", "steps", "val_miou", "best_miou", "eta_s")
+                },
+            }
+        )
+    return runs
 
 
 def _scan(folder: Path):
@@ -130,6 +157,17 @@ def render(data: dict) -> str:
         lines.append(
             f"worker   {w['name']} on {w['host']} ({w.get('device')}), "
             f"model {w.get('model')} version {w.get('model_version')}{random}: {w['state']}{job}"
+        )
+    for run in data.get("training", []):
+        eta = f", ETA {run['eta_s'] / 60:.0f} min" if run.get("eta_s") else ""
+        miou = (
+            f", val mIoU {run['val_miou']:.4f} (best {run['best_miou']:.4f})"
+            if run.get("val_miou") is not None and run.get("best_miou") is not None
+            else ""
+        )
+        lines.append(
+            f"training {run['id']} on {run['dataset']}: {run.get('phase') or 'starting'}, "
+            f"step {run.get('step') or 0}/{run.get('steps') or '?'}{miou}{eta}"
         )
     hour = data["last_hour"]
     lines.append(
