@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from worker.config import Config
 from worker.errors import ConfigError, SegdError
 
@@ -101,7 +103,7 @@ def _data_paths(config: Config) -> list[Path]:
     def walk(value):
         if isinstance(value, Path):
             found.append(value.resolve())
-        elif hasattr(value, "model_fields"):
+        elif isinstance(value, BaseModel):
             for name in type(value).model_fields:
                 walk(getattr(value, name))
 
