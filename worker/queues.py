@@ -18,6 +18,7 @@ from rq.exceptions import DuplicateJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from worker import metrics
 from worker.config import Config
 
 SEGMENT_QUEUE = "segment"
@@ -65,6 +66,15 @@ class SegdJob(Job):
     def stopped_callback(self):
         self._check(self._stopped_callback_name, "stopped callback")
         return super().stopped_callback
+
+    # Metrics are counted in the transaction that records the job's end (see worker/metrics.py).
+    def _handle_success(self, result_ttl, pipeline, *args, **kwargs):
+        super()._handle_success(result_ttl, pipeline, *args, **kwargs)
+        metrics.record_job(pipeline, self, failed=metrics.result_failed(self._result))
+
+    def _handle_failure(self, exc_string, pipeline, *args, **kwargs):
+        super()._handle_failure(exc_string, pipeline, *args, **kwargs)
+        metrics.record_job(pipeline, self, failed=True)
 
 
 def embedded_socket(state_dir: str | os.PathLike) -> Path:

@@ -203,6 +203,7 @@ def up(config: Config, config_file: str | None = None) -> int:
         server = RedisServer(config.paths.state).start()
         env["SEGD_REDIS__URL"] = server.url
         log.info("private Redis on %s (append-only)", server.socket)
+    metrics_server = _start_metrics(config, env.get("SEGD_REDIS__URL"))
     common = ["--config", str(config_file)] if config_file else []
     children = [
         _Child("watcher", ["watch", *common], env),
@@ -255,6 +256,24 @@ def up(config: Config, config_file: str | None = None) -> int:
         log.info("stopping: watcher, worker (finishing its job), Redis")
         children[0].stop(timeout_s=10)
         children[1].stop(timeout_s=config.worker.job_timeout_s + 30)
+        if metrics_server is not None:
+            metrics_server.shutdown()
         if server is not None:
             server.stop()
     return code
+
+
+def _start_metrics(config: Config, redis_url: str | None):
+    """The Prometheus exporter in this process (metrics.host:metrics.port); None when the port
+    is taken (`segd up` runs without metrics then, and says so)."""
+    from worker import metrics
+
+    if redis_url:
+        config = config.model_copy(
+            update={"redis": config.redis.model_copy(update={"url": redis_url})}
+        )
+    try:
+        return metrics.start(config)
+    except SegdError as exc:
+        log.warning("%s; running without metrics", exc)
+        return None
