@@ -1,5 +1,5 @@
 """`segd up`: a small supervisor for the whole service on one host — a private redis-server,
-the watcher and a worker.
+the watcher and a worker (and, in this process, the Prometheus exporter).
 
 The private Redis listens only on a unix socket (mode 700) in the state folder, with append-only
 persistence, so queued jobs survive a crash. With `redis.url` set, that Redis is used instead and
