@@ -42,9 +42,9 @@ def job_type(func_name: str | None) -> str:
     return (func_name or "unknown").rsplit(".", 1)[-1]
 
 
-def record_job(pipeline, job, failed: bool) -> None:
-    """Count one ended job (on `pipeline`: the transaction that records its end)."""
-    queue, kind = job.origin or "unknown", job_type(job.func_name)
+def record_job(pipeline, job, kind: str, failed: bool) -> None:
+    """Count one ended job of type `kind` (on `pipeline`: the transaction that records its end)."""
+    queue = job.origin or "unknown"
     field = f"{queue}|{kind}"
     pipeline.hincrby(JOBS_KEY, f"{field}|{'failed' if failed else 'done'}", 1)
     started, ended = job.started_at, job.ended_at
