@@ -30,6 +30,7 @@ from worker import queues, registry, state
 from worker.config import Config
 from worker.errors import EXIT_OK
 from worker.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, image_stem
+from worker.notify import Notifier
 
 log = logging.getLogger("segd.watcher")
 EXIT_OBSERVER_DIED = 1
@@ -76,6 +77,8 @@ class Watcher:
         self.segment_queue = queues.queue(queues.SEGMENT_QUEUE, self.connection)
         self.pending_enqueue: dict[str, state.Claim] = {}
         self.scans = 0
+        self.notifier = Notifier.from_env()  # systemd's READY / WATCHDOG (no-op outside systemd)
+        self._health_retry_at = 0.0
 
     # --- observer -------------------------------------------------------------------------
     def _start_observer(self) -> None:
@@ -104,6 +107,33 @@ class Watcher:
         self._start_observer()
         self.rescan()
         return True
+
+    # --- systemd ------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        """The observer is alive and Redis answers: what a systemd watchdog ping vouches for."""
+        if not self.observer_healthy():
+            return False
+        try:
+            return bool(self.connection.ping())
+        except (RedisError, OSError):
+            return False
+
+    def heartbeat(self, now: float | None = None) -> bool:
+        """Ping the systemd watchdog when a ping is due and the watcher is healthy.
+
+        An unhealthy watcher stays silent (looked at again after a second), so systemd restarts
+        it once `WatchdogSec` passes. Returns whether a ping was sent.
+        """
+        now = time.monotonic() if now is None else now
+        if not self.notifier.watchdog_due(now) or now < self._health_retry_at:
+            return False
+        if not self.healthy():
+            if self._health_retry_at == 0.0:
+                log.warning("unhealthy (observer dead or Redis unreachable): no watchdog pings")
+            self._health_retry_at = now + 1.0
+            return False
+        self._health_retry_at = 0.0
+        return self.notifier.ping_watchdog(now)
 
     # --- tracking completeness ------------------------------------------------------------
     def _note(self, name: str, closed: bool, active: bool = False) -> None:
@@ -328,10 +358,12 @@ class Watcher:
         self.rescan()
         self.reconcile()
         log.info("watching %s (%s)", self.inbox, "polling" if self.cfg.polling else "inotify")
+        self.notifier.ready(f"watching {self.inbox}")  # after the first rescan
         last_scan = last_reconcile = time.monotonic()
         while not self.stop_requested.is_set():
             if not self._check_observer():
                 return EXIT_OBSERVER_DIED
+            self.heartbeat()
             self.drain_events()
             now = time.monotonic()
             if now - last_scan >= self.cfg.rescan_interval_s:
@@ -343,6 +375,7 @@ class Watcher:
                 self.reconcile()
                 last_reconcile = now
             self.stop_requested.wait(TICK_S)
+        self.notifier.stopping()
         return EXIT_OK
 
     def close(self) -> None:

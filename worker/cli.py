@@ -118,6 +118,34 @@ def cmd_status(config: Config, as_json: bool) -> int:
     return EXIT_OK
 
 
+def cmd_systemd_install(args: argparse.Namespace) -> int:
+    """Write the systemd units for this installation; print the systemctl lines to run."""
+    from worker import systemd_units as units
+
+    config_file = units.config_file_for(args.config)
+    # The units see the config file only, not this shell's SEGD_* variables.
+    config = load_config(config_file, environ={})
+    plan = units.plan(
+        config,
+        config_file,
+        user_mode=args.user,
+        prefix=args.prefix,
+        etc_dir=args.etc,
+        gpus=units.parse_gpus(args.gpus),
+        service_user=args.service_user,
+        memory_max=args.memory_max,
+    )
+    units.write(plan)
+    for path in plan.files:
+        print(f"wrote {path}")
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print("\nnow run" + ("" if args.user else " (as root)") + ":")
+    for command in plan.commands:
+        print(f"  {command}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -221,6 +249,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     cli_train.add_commands(commands, models_commands, common)
+    status_cmd.add_argument(
+        "--check",
+        action="store_true",
+        help="health check for monitoring: exit 1 when Redis is unreachable, a worker is missing "
+        "or a queue is stuck (one line per problem), 0 when healthy",
+    )
+    commands.add_parser(
+        "metrics",
+        parents=[common],
+        help="serve Prometheus metrics (metrics.host:metrics.port, localhost by default)",
+        description="Serve Prometheus metrics read from Redis at each scrape: jobs done and failed "
+        "by type, job durations, queue depths, model versions and GPU memory of every worker.",
+    )
+    systemd_cmd = commands.add_parser(
+        "systemd",
+        parents=[common],
+        help="systemd units for this installation",
+        description="Manage segd's systemd units.",
+    )
+    systemd_actions = systemd_cmd.add_subparsers(
+        dest="systemd_command", metavar="ACTION", required=True
+    )
+    install = systemd_actions.add_parser(
+        "install",
+        parents=[common],
+        help="write the units with this installation's paths and print the systemctl lines",
+        description="Render segd-watcher, segd-worker@ (one per GPU), segd-trainer, segd-metrics, "
+        "segd-redis (unless redis.url is set) and segd.target with this installation's segd, config "
+        "file and data folders, then print the commands that enable them.",
+    )
+    install.add_argument(
+        "--user",
+        action="store_true",
+        help="user units (~/.config/systemd/user) instead of system ones",
+    )
+    install.add_argument(
+        "--prefix",
+        type=Path,
+        metavar="DIR",
+        help="write the units into DIR (default: /etc/systemd/system, or ~/.config/systemd/user)",
+    )
+    install.add_argument(
+        "--etc",
+        type=Path,
+        metavar="DIR",
+        help="where segd.env and redis.conf go (default: /etc/segd, or ~/.config/segd)",
+    )
+    install.add_argument(
+        "--gpus",
+        metavar="LIST",
+        help="GPU indices, one worker each (e.g. 0,1), or cpu (default: this host's NVIDIA GPUs, else cpu)",
+    )
+    install.add_argument(
+        "--service-user", default="segd", metavar="NAME", help="the user the services run as"
+    )
+    install.add_argument(
+        "--memory-max",
+        default="25%",
+        metavar="SIZE",
+        help="memory cap per worker (systemd MemoryMax=: 16G, 25%%, ...)",
+    )
     return parser
 
 
@@ -242,8 +331,18 @@ def run(argv: list[str] | None = None) -> int:
             return cmd_models_fetch(config, args.size, args.model_version, args.base_url)
         if args.command == "config":
             return cmd_config(config)
+        if args.command == "status" and args.check:
+            from worker.health import check
+
+            return check(config)
         if args.command == "status":
             return cmd_status(config, args.json)
+        if args.command == "metrics":
+            from worker.metrics import serve
+
+            return serve(config)
+        if args.command == "systemd" and args.systemd_command == "install":
+            return cmd_systemd_install(args)
         if args.command == "watch":
             from watcher.service import run as run_watcher
 

@@ -183,6 +183,20 @@ class TrainingConfig(_Section):
         return base
 
 
+class MetricsConfig(_Section):
+    # The Prometheus exporter (`segd metrics`, and `segd up`): localhost only unless changed.
+    host: str = "127.0.0.1"
+    port: int = Field(default=9470, ge=0, le=65535)
+
+
+class HealthConfig(_Section):
+    # `segd status --check`: fewer live workers on the segment queue than this is a problem...
+    expected_workers: int = Field(default=1, ge=0)
+    # ...and so is a queue whose oldest job waited this long while no job of it ended in as long
+    # and none is running within its timeout (see worker/health.py).
+    stuck_after_s: float = Field(default=1800.0, ge=0)
+
+
 class Config(_Section):
     paths: PathsConfig = PathsConfig()
     redis: RedisConfig = RedisConfig()
@@ -194,6 +208,8 @@ class Config(_Section):
     watcher: WatcherConfig = WatcherConfig()
     worker: WorkerConfig = WorkerConfig()
     training: TrainingConfig = TrainingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    health: HealthConfig = HealthConfig()
 
     # Where the values came from, for error messages and manifests (not a config key).
     source: str = Field(default="defaults", exclude=True)

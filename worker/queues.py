@@ -18,6 +18,7 @@ from rq.exceptions import DuplicateJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from worker import metrics
 from worker.config import Config
 
 SEGMENT_QUEUE = "segment"
@@ -66,6 +67,25 @@ class SegdJob(Job):
     def stopped_callback(self):
         self._check(self._stopped_callback_name, "stopped callback")
         return super().stopped_callback
+
+    # Metrics are counted in the transaction that records the job's end (see worker/metrics.py).
+    def _metrics_type(self) -> str:
+        """The job's short function name; `refused` for one that is not a segd job, or whose
+        payload cannot even be read (a pickle): such a job must still end in the failed registry."""
+        try:
+            name = self.func_name
+        except Exception:
+            return "refused"
+        return metrics.job_type(name) if name in ALLOWED_CALLABLES else "refused"
+
+    def _handle_success(self, result_ttl, pipeline, *args, **kwargs):
+        super()._handle_success(result_ttl, pipeline, *args, **kwargs)
+        failed = metrics.result_failed(self._result)
+        metrics.record_job(pipeline, self, self._metrics_type(), failed=failed)
+
+    def _handle_failure(self, exc_string, pipeline, *args, **kwargs):
+        super()._handle_failure(exc_string, pipeline, *args, **kwargs)
+        metrics.record_job(pipeline, self, self._metrics_type(), failed=True)
 
 
 def embedded_socket(state_dir: str | os.PathLike) -> Path:

@@ -19,7 +19,7 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from worker import queues, state
+from worker import metrics, queues, state
 from worker.config import Config
 from worker.errors import EXIT_OK, SegdError
 from worker.jobs import Runtime, install_runtime
@@ -72,6 +72,7 @@ class SegdWorker(SimpleWorker):
             "model": info.name,
             "model_version": info.model_version,
             "random_weights": info.random_weights,
+            **metrics.gpu_memory(info.device),
         }
         try:
             self.connection.set(INFO_KEY.format(name=self.name), json.dumps(data), ex=24 * 3600)

@@ -1,5 +1,5 @@
 """`segd up`: a small supervisor for the whole service on one host — a private redis-server,
-the watcher and a worker.
+the watcher and a worker (and, in this process, the Prometheus exporter).
 
 The private Redis listens only on a unix socket (mode 700) in the state folder, with append-only
 persistence, so queued jobs survive a crash. With `redis.url` set, that Redis is used instead and
@@ -208,6 +208,7 @@ def up(config: Config, config_file: str | None = None) -> int:
         server = RedisServer(config.paths.state).start()
         env["SEGD_REDIS__URL"] = server.url
         log.info("private Redis on %s (append-only)", server.socket)
+    metrics_server = _start_metrics(config, env.get("SEGD_REDIS__URL"))
     common = ["--config", str(config_file)] if config_file else []
     children = [
         _Child("watcher", ["watch", *common], env),
@@ -264,6 +265,24 @@ def up(config: Config, config_file: str | None = None) -> int:
         # A training run can take hours: it is interrupted, and resumes from its last
         # checkpoint when a trainer starts again.
         children[2].stop(timeout_s=15, group=True)
+        if metrics_server is not None:
+            metrics_server.shutdown()
         if server is not None:
             server.stop()
     return code
+
+
+def _start_metrics(config: Config, redis_url: str | None):
+    """The Prometheus exporter in this process (metrics.host:metrics.port); None when the port
+    is taken (`segd up` runs without metrics then, and says so)."""
+    from worker import metrics
+
+    if redis_url:
+        config = config.model_copy(
+            update={"redis": config.redis.model_copy(update={"url": redis_url})}
+        )
+    try:
+        return metrics.start(config)
+    except SegdError as exc:
+        log.warning("%s; running without metrics", exc)
+        return None
