@@ -12,10 +12,9 @@ import enum
 import os
 import stat
 
-from worker.inputs import IMAGE_SUFFIXES, MASK_SUFFIX
+from worker.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, VIDEO_SUFFIXES
 from worker.state import SAFE_NAME_PATTERN
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv")
 PART_SUFFIX = ".part"
 
 
