@@ -95,7 +95,8 @@ class FrameStore:
         if tensor is None:
             size = self.image_size
             resized = Image.fromarray(self.rgb(index)).resize((size, size))
-            tensor = torch.from_numpy(np.asarray(resized)).permute(2, 0, 1).float() / 255.0
+            # float64 / 255 then float32, as SAM2's loader does (bit-identical inputs)
+            tensor = torch.from_numpy(np.asarray(resized) / 255.0).permute(2, 0, 1).float()
             tensor = (tensor - self._mean) / self._std
             self._tensors[index] = tensor
         return tensor
