@@ -214,8 +214,8 @@ class Tracker:
         return video_masks, scores
 
     def _forget_before(self, t: int) -> None:
-        """Drop what SAM2 can no longer read when tracking frames after t."""
-        oldest = t - self.window
+        """Drop what SAM2 can no longer read when tracking frames after t (keeps `window` frames)."""
+        oldest = t - self.window + 1
         for outputs in self.state["output_dict_per_obj"].values():
             for old in [k for k in outputs["non_cond_frame_outputs"] if k < oldest]:
                 del outputs["non_cond_frame_outputs"][old]
