@@ -1,11 +1,15 @@
-"""`python -m bench [segment|service] [options]` (what `make bench` runs): each benchmark prints
+"""`python -m bench [segment|service|video] [options]` (what `make bench` runs): each benchmark prints
 its table. Without a name, all of them run with their defaults."""
 
 import sys
 
-from bench import bench_segment, bench_service
+from bench import bench_segment, bench_service, bench_video
 
-BENCHES = {"segment": bench_segment.main, "service": bench_service.main}
+BENCHES = {
+    "segment": bench_segment.main,
+    "service": bench_service.main,
+    "video": bench_video.main,
+}
 
 if __name__ == "__main__":
     args = sys.argv[1:]

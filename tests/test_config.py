@@ -17,6 +17,7 @@ def test_the_shipped_config_yaml_is_valid_and_equals_the_defaults():
     assert shipped.model == defaults.model
     assert shipped.sampling == defaults.sampling
     assert shipped.stitching == defaults.stitching
+    assert shipped.video == defaults.video
     assert shipped.model.version == "sam2.1" and shipped.model.size == "small"
     assert shipped.sampling.points == 30 and shipped.model.image_size == 1024
 

@@ -95,7 +95,9 @@ def test_a_video_whose_frames_end_before_its_header_says_is_truncated(tmp_path):
     source = open_video(path, tiny_config(tmp_path))
     frames = list(source.frames())
     assert 0 < len(frames) < 20
-    with pytest.raises(BadInput, match="truncated or corrupt: the container says 20 frames but only"):
+    with pytest.raises(
+        BadInput, match="truncated or corrupt: the container says 20 frames but only"
+    ):
         source.check_complete()
 
 

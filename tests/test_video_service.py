@@ -94,7 +94,9 @@ def test_the_first_30_frames_of_bedroom_give_30_maps_a_color_video_and_consisten
     assert first == list(range(1, len(first) + 1))
     assert {o["id"] for o in tracks["objects"] if o["seeded_at"] == 0} == set(first)
 
-    job = Job.fetch(manifest["job_id"], connection=service.redis_client(), serializer=JSONSerializer)
+    job = Job.fetch(
+        manifest["job_id"], connection=service.redis_client(), serializer=JSONSerializer
+    )
     assert job.meta["progress"] == {"frames_done": 30, "frames_total": 30}
 
 
@@ -153,3 +155,57 @@ def test_status_shows_a_running_video_jobs_frames():
         "latest_failures": [],
     }
     assert "busy  job abc (frames 12/30)" in render(data)
+
+
+def test_claims_of_videos_and_frame_folders_go_to_the_video_queue_as_json_jobs(service):
+    """enqueue_claim sends x.mp4 and a frame folder `x` to the `video` queue as
+    worker.jobs.segment_video (allow-listed) with video.job_timeout_s, and images to `segment`."""
+    from worker import queues, state
+    from worker.config import load_config
+
+    config = load_config(None, service.env)
+    connection = service.redis_client()
+    for name, queue_name in (("a.mp4", "video"), ("frames", "video"), ("a.jpg", "segment")):
+        claim = state.Claim(
+            job_id=jobids.job_id(name, None, "base"),
+            stem="a",
+            image=name,
+            mask=None,
+            model_version="base",
+            claimed_at="t",
+            seq=1,
+        )
+        job = queues.enqueue_claim(connection, claim, config)
+        assert job.origin == queue_name
+        if queue_name == "video":
+            assert job.func_name == queues.VIDEO_JOB in queues.ALLOWED_CALLABLES
+            assert job.kwargs == {"job_id": claim.job_id, "video": name, "mask": None}
+            assert job.timeout == config.video.job_timeout_s
+        else:
+            assert job.func_name == queues.SEGMENT_JOB
+
+
+def test_segment_video_refuses_arguments_that_are_not_job_ids_or_plain_names(
+    tmp_path, tiny_checkpoint
+):
+    """Video job arguments are untrusted too: a path for a job id or a name with a separator is
+    refused before any file is touched."""
+    from tests.conftest import tiny_config
+    from worker import jobs
+
+    jobs.install_runtime(
+        jobs.Runtime(tiny_config(tmp_path, SEGD_MODEL__CHECKPOINT=str(tiny_checkpoint)))
+    )
+    try:
+        with pytest.raises(ValueError, match="not a segd job id"):
+            jobs.segment_video("../../etc", "passwd")
+        claim = tmp_path / "state" / "claimed" / ("b" * 32)
+        claim.mkdir(parents=True)
+        (claim / "claim.json").write_text(
+            '{"job_id": "' + "b" * 32 + '", "stem": "x", "image": "x.mp4", "mask": null, '
+            '"model_version": "base", "claimed_at": "t", "seq": 1}'
+        )
+        with pytest.raises(ValueError, match="not a plain file name"):
+            jobs.segment_video("b" * 32, "../x.mp4")
+    finally:
+        jobs.install_runtime(None)
