@@ -1,14 +1,15 @@
-"""`python -m bench [segment|service|train] [options]` (what `make bench` runs): each benchmark prints
+"""`python -m bench [segment|service|train|video] [options]` (what `make bench` runs): each benchmark prints
 its table. Without a name, all of them run with their defaults."""
 
 import sys
 
-from bench import bench_segment, bench_service, bench_train
+from bench import bench_segment, bench_service, bench_train, bench_video
 
 BENCHES = {
     "segment": bench_segment.main,
     "service": bench_service.main,
     "train": bench_train.main,
+    "video": bench_video.main,
 }
 
 if __name__ == "__main__":

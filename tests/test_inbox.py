@@ -72,13 +72,19 @@ def test_a_fifo_is_refused_as_not_a_regular_file(tmp_path):
     assert reason == "not a regular file (a FIFO, socket or device)"
 
 
-@pytest.mark.parametrize("name", ["photos", "x.jpg"])
-def test_a_folder_is_refused(tmp_path, name):
-    """A folder (even one named like an image) is refused: folders are not processed."""
+def test_a_plainly_named_folder_is_a_folder_of_frames(tmp_path):
+    """A folder with a plain name is a video given as frames (claimed once its contents settle)."""
+    (tmp_path / "clip 01").mkdir()
+    assert classify_entry(tmp_path, "clip 01") == (Kind.FRAMES, "")
+
+
+@pytest.mark.parametrize("name", ["x.jpg", "x.mp4"])
+def test_a_folder_named_like_a_file_is_refused(tmp_path, name):
+    """A folder named like an image or a video is refused: frame folders need a plain name."""
     (tmp_path / name).mkdir()
     kind, reason = classify_entry(tmp_path, name)
     assert kind is Kind.REFUSED
-    assert reason == "folders are not processed (drop image files)"
+    assert reason == "a folder named like a file; a folder of frames needs a plain name"
 
 
 def test_a_hard_linked_file_is_refused_under_both_names(tmp_path):
@@ -93,13 +99,10 @@ def test_a_hard_linked_file_is_refused_under_both_names(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["x.mp4", "X.MOV", "clip.avi", "clip.mkv"])
-def test_a_video_is_refused_as_not_supported_yet(tmp_path, name):
-    """Videos are refused with their own reason (not 'unknown file type')."""
+def test_a_video_file_in_any_case_is_a_video(tmp_path, name):
+    """x.mp4 / .mov / .avi / .mkv (any case) are videos."""
     make_file(tmp_path, name)
-    assert classify_entry(tmp_path, name) == (
-        Kind.REFUSED,
-        "videos are not supported yet (images only)",
-    )
+    assert classify_entry(tmp_path, name) == (Kind.VIDEO, "")
 
 
 @pytest.mark.parametrize("name", ["x.txt", "x", "x.gif", "x.heic", "x.jpg.zip"])
@@ -110,6 +113,7 @@ def test_an_unknown_file_type_is_refused_naming_what_is_accepted(tmp_path, name)
     kind, reason = classify_entry(tmp_path, name)
     assert kind is Kind.REFUSED
     assert reason.startswith("unknown file type; segd takes images (.jpg, .jpeg, .png")
+    assert "videos (.mp4, .mov, .avi, .mkv), folders of frames" in reason
     assert reason.endswith("and region masks (x.mask.png)")
 
 

@@ -9,7 +9,6 @@ enqueued. All renames stay inside one file system, so an input is never in two p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,12 +25,10 @@ INCOMING_PREFIX = ".incoming-"
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The content hash of a claimed input: a file's bytes, or a frame folder's files."""
+    if path.is_dir() and not path.is_symlink():
+        return jobids.folder_sha256(path)
+    return jobids.file_sha256(path)
 
 
 def _move_in(source: Path, target_dir: Path) -> Path:
@@ -42,6 +39,14 @@ def _move_in(source: Path, target_dir: Path) -> Path:
     except OSError as exc:
         if exc.errno != 18:  # EXDEV: inbox and state on different file systems
             raise
+        if source.is_dir() and not source.is_symlink():  # a frame folder
+            shutil.copytree(source, target, symlinks=True)
+            for item in target.iterdir():
+                if item.is_file() and not item.is_symlink():
+                    with open(item, "rb") as handle:
+                        os.fsync(handle.fileno())
+            shutil.rmtree(source)
+            return target
         shutil.copy2(source, target, follow_symlinks=False)
         with open(target, "rb") as handle:
             os.fsync(handle.fileno())
@@ -67,10 +72,10 @@ def claim(
     incoming.mkdir(parents=True)
     if reuse_image:
         target = incoming / image.name
-        try:
-            os.link(image, target)
-        except OSError:
-            shutil.copy2(image, target)
+        if image.is_dir():  # a frame folder: link (or copy) each frame
+            shutil.copytree(image, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(image, target)
         image_in = target
     else:
         image_in = _move_in(image, incoming)
@@ -78,6 +83,13 @@ def claim(
     return settle_incoming(
         state_dir, incoming, image_in.name, mask_in.name if mask_in else None, model_version
     )
+
+
+def _link_or_copy(source, target) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def settle_incoming(
@@ -116,7 +128,8 @@ def settle_incoming(
 
 
 def latest_for_stem(state_dir: Path, stem: str) -> Path | None:
-    """The image of the newest claimed or done job for `stem` (for a mask arriving after it)."""
+    """The image (or video) of the newest claimed or done job for `stem` (for a mask arriving
+    after it)."""
     best: tuple[int, Path] | None = None
     for kind in (state.CLAIMED, state.DONE):
         root = state_dir / kind
@@ -131,7 +144,7 @@ def latest_for_stem(state_dir: Path, stem: str) -> Path | None:
                 continue
             if info.get("stem") == stem and (best is None or info["seq"] > best[0]):
                 best = (info["seq"], Path(entry.path) / info["image"])
-    return best[1] if best and best[1].is_file() else None
+    return best[1] if best and best[1].exists() else None
 
 
 def recover_incoming(state_dir: Path, model_version: str) -> list[state.Claim]:

@@ -1,7 +1,9 @@
 """What an inbox entry is, decided from its name and lstat alone (nothing is opened here).
 
 x.jpg / .png / .tif / .bmp / .webp    an image to segment
-x.mask.png                            a region mask for the image with stem x
+x.mask.png                            a region mask for the image (or video) with stem x
+x.mp4 / .mov / .avi / .mkv            a video to segment and track
+x/ (a folder of numbered images)      a video as frames (claimed once its contents settle)
 .x.part, x.part, .x (hidden)          a writer's temp file: left alone until renamed
 anything else                         refused with a one-line reason (moved to state/failed/)
 """
@@ -12,16 +14,17 @@ import enum
 import os
 import stat
 
-from worker.inputs import IMAGE_SUFFIXES, MASK_SUFFIX
+from worker.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, VIDEO_SUFFIXES
 from worker.state import SAFE_NAME_PATTERN
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv")
 PART_SUFFIX = ".part"
 
 
 class Kind(enum.Enum):
     IMAGE = "image"
     MASK = "mask"
+    VIDEO = "video"
+    FRAMES = "frames"  # a folder of frames: a video
     TEMP = "temp"  # being written under a temporary name: wait
     REFUSED = "refused"
 
@@ -40,7 +43,14 @@ def classify(name: str, info: os.stat_result) -> tuple[Kind, str]:
     if lower.endswith(PART_SUFFIX) or name.startswith("."):
         return Kind.TEMP, ""
     if stat.S_ISDIR(info.st_mode):
-        return Kind.REFUSED, "folders are not processed (drop image files)"
+        if not SAFE_NAME_PATTERN.fullmatch(name):
+            return Kind.REFUSED, (
+                "the folder name has characters segd does not accept; use letters, digits, "
+                "spaces and ._+=,@()[]-"
+            )
+        if lower.endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES):
+            return Kind.REFUSED, "a folder named like a file; a folder of frames needs a plain name"
+        return Kind.FRAMES, ""
     if not stat.S_ISREG(info.st_mode):
         return Kind.REFUSED, "not a regular file (a FIFO, socket or device)"
     if info.st_nlink > 1:
@@ -55,8 +65,8 @@ def classify(name: str, info: os.stat_result) -> tuple[Kind, str]:
     if lower.endswith(IMAGE_SUFFIXES):
         return Kind.IMAGE, ""
     if lower.endswith(VIDEO_SUFFIXES):
-        return Kind.REFUSED, "videos are not supported yet (images only)"
+        return Kind.VIDEO, ""
     return Kind.REFUSED, (
-        f"unknown file type; segd takes images ({', '.join(IMAGE_SUFFIXES)}) and "
-        f"region masks (x{MASK_SUFFIX})"
+        f"unknown file type; segd takes images ({', '.join(IMAGE_SUFFIXES)}), videos "
+        f"({', '.join(VIDEO_SUFFIXES)}), folders of frames and region masks (x{MASK_SUFFIX})"
     )

@@ -13,6 +13,7 @@ import logging
 import os
 import queue as queue_module
 import signal
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from watcher.inbox import PART_SUFFIX, Kind, classify
 from worker import queues, registry, state
 from worker.config import Config
 from worker.errors import EXIT_OK
-from worker.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, image_stem
+from worker.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, VIDEO_SUFFIXES, image_stem
 from worker.notify import Notifier
 
 log = logging.getLogger("segd.watcher")
@@ -54,10 +55,40 @@ class _Handler(FileSystemEventHandler):
 class _Seen:
     """The last observed state of an inbox entry and since when it has been unchanged."""
 
-    signature: tuple[int, int, int]  # (inode, size, mtime_ns)
+    signature: tuple[int, ...]  # (inode, size, mtime_ns); a folder: see _signature
     since: float  # monotonic time of the last change
     closed: bool  # the last event was close-after-write or rename-in: the writer is done
     idle_until: float = 0.0  # a temp file or a waiting mask: look again only after this time
+    is_dir: bool = False  # a folder of frames
+
+
+def _signature(path: Path, info: os.stat_result) -> tuple[int, ...]:
+    """What must stay unchanged for an entry to be complete: a file's (inode, size, mtime_ns); a
+    folder's inode plus its entries' count, total size and newest mtime (a folder's own mtime
+    does not change while a file inside it grows, and inotify reports nothing from inside it)."""
+    if not stat.S_ISDIR(info.st_mode):
+        return (info.st_ino, info.st_size, info.st_mtime_ns)
+    count = total = newest = 0
+    try:
+        for entry in os.scandir(path):
+            entry_info = entry.stat(follow_symlinks=False)
+            count, total = count + 1, total + entry_info.st_size
+            newest = max(newest, entry_info.st_mtime_ns)
+    except OSError:
+        return (info.st_ino, -1, 0, 0)
+    return (info.st_ino, count, total, newest)
+
+
+def _frames_ready(path: Path) -> bool:
+    """A settled frame folder is claimed only when it holds something and no writer's temp file
+    (a hidden or `.part` name) is left inside it."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return bool(names) and not any(
+        n.startswith(".") or n.lower().endswith(PART_SUFFIX) for n in names
+    )
 
 
 class Watcher:
@@ -144,10 +175,12 @@ class Watcher:
         except FileNotFoundError:
             self.seen.pop(name, None)
             return
-        signature = (info.st_ino, info.st_size, info.st_mtime_ns)
+        is_dir = stat.S_ISDIR(info.st_mode)
+        signature = _signature(self.inbox / name, info)
+        closed = closed and not is_dir  # a folder's writer is never seen closing: always settle
         previous = self.seen.get(name)
         if closed or active or previous is None or previous.signature != signature:
-            self.seen[name] = _Seen(signature, time.monotonic(), closed)
+            self.seen[name] = _Seen(signature, time.monotonic(), closed, is_dir=is_dir)
 
     def drain_events(self) -> None:
         while True:
@@ -197,8 +230,9 @@ class Watcher:
         except FileNotFoundError:
             self.seen.pop(name, None)
             return None
-        if (info.st_ino, info.st_size, info.st_mtime_ns) != entry.signature:
-            self.seen[name] = _Seen((info.st_ino, info.st_size, info.st_mtime_ns), now, False)
+        signature = _signature(self.inbox / name, info)
+        if signature != entry.signature:
+            self.seen[name] = _Seen(signature, now, False, is_dir=stat.S_ISDIR(info.st_mode))
             return None
         return info
 
@@ -217,8 +251,11 @@ class Watcher:
         now = time.monotonic()
         made = []
         stems: dict[str, list[str]] = {}
-        for name in self.seen:
-            if name.lower().endswith(IMAGE_SUFFIXES) and not name.lower().endswith(MASK_SUFFIX):
+        for name, seen in self.seen.items():
+            lower = name.lower()
+            if seen.is_dir or (
+                lower.endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES) and not lower.endswith(MASK_SUFFIX)
+            ):
                 stems.setdefault(image_stem(name), []).append(name)
         model_version = None
         for name in sorted(self.seen):
@@ -244,7 +281,10 @@ class Watcher:
                 self._refuse(name, reason)
                 continue
             model_version = model_version or registry.current_version(self.config.paths.models)
-            if kind is Kind.IMAGE:
+            if kind is Kind.FRAMES and not _frames_ready(self.inbox / name):
+                entry.idle_until = now + self.cfg.settle_scan_s  # empty, or a writer is inside
+                continue
+            if kind in (Kind.IMAGE, Kind.VIDEO, Kind.FRAMES):
                 mask = f"{image_stem(name)}{MASK_SUFFIX}"
                 mask_path = None
                 if mask in self.seen:
@@ -300,14 +340,7 @@ class Watcher:
         """Enqueue new claims; on a Redis error they wait (the claim on disk is the record)."""
         for job_id, made in list(self.pending_enqueue.items()):
             try:
-                queues.enqueue_segment(
-                    self.segment_queue,
-                    job_id,
-                    made.image,
-                    made.mask,
-                    timeout_s=self.config.worker.job_timeout_s,
-                    retries=self.config.worker.retries,
-                )
+                queues.enqueue_claim(self.connection, made, self.config)
             except RedisError as exc:
                 log.warning(
                     "Redis unavailable (%s); %d claims wait on disk", exc, len(self.pending_enqueue)

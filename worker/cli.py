@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         "worker",
         parents=[common],
         help="run one worker alone (one per GPU)",
-        description="Load the model once and serve the segment queue; SIGTERM finishes the current "
+        description="Load the model once and serve the segment and video queues; SIGTERM finishes the current "
         "job, then exits.",
     )
     worker_cmd.add_argument(

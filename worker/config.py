@@ -197,6 +197,24 @@ class HealthConfig(_Section):
     stuck_after_s: float = Field(default=1800.0, ge=0)
 
 
+class VideoConfig(_Section):
+    # Only the first N frames of each video are segmented and tracked (None: all of them).
+    max_frames: int | None = Field(default=None, ge=1)
+    # Every K frames, sample points where no tracked object is and add what they find as new
+    # objects with new ids (0: only the first frame's objects are tracked).
+    reseed_every: int = Field(default=30, ge=0)
+    # No new objects are added once this many are tracked (each costs time on every frame).
+    max_objects: int = Field(default=100, ge=1, le=65535)
+    # Tracker state (memories, masks) lives in CPU memory on CUDA hosts: GPU memory stays flat.
+    offload_state_to_cpu: bool = True
+    # Frame rate of color.mp4 for a folder of frames (video files keep their own).
+    folder_fps: float = Field(default=25.0, gt=0)
+    # Video files larger than this are refused (frames are still limited by inputs.max_pixels).
+    max_file_bytes: int = Field(default=16 * 2**30, ge=1)
+    # RQ timeout of a video job: above the longest video's runtime (no heartbeat mid-job).
+    job_timeout_s: int = Field(default=14400, ge=10)
+
+
 class Config(_Section):
     paths: PathsConfig = PathsConfig()
     redis: RedisConfig = RedisConfig()
@@ -210,6 +228,8 @@ class Config(_Section):
     training: TrainingConfig = TrainingConfig()
     metrics: MetricsConfig = MetricsConfig()
     health: HealthConfig = HealthConfig()
+
+    video: VideoConfig = VideoConfig()
 
     # Where the values came from, for error messages and manifests (not a config key).
     source: str = Field(default="defaults", exclude=True)

@@ -24,6 +24,7 @@ from worker.errors import BadInput
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MASK_SUFFIX = ".mask.png"
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv")
 
 
 @dataclass(frozen=True)
@@ -162,3 +163,10 @@ def image_stem(path: str | os.PathLike) -> str:
     if name.lower().endswith(MASK_SUFFIX):
         return name[: -len(MASK_SUFFIX)]
     return Path(name).stem
+
+
+def is_video_input(name: str) -> bool:
+    """True for a video file name (x.mp4, .mov, .avi, .mkv) or a frame folder's name (no image
+    suffix): inputs that go to the video queue. Decided from the name alone."""
+    lower = name.lower()
+    return lower.endswith(VIDEO_SUFFIXES) or not lower.endswith(IMAGE_SUFFIXES + (MASK_SUFFIX,))

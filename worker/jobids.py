@@ -6,6 +6,8 @@ Light (standard library only) so the watcher can compute ids before it enqueues.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 
 
 def job_id(image_sha256: str, mask_sha256: str | None, model_version: str) -> str:
@@ -18,3 +20,33 @@ def job_id(image_sha256: str, mask_sha256: str | None, model_version: str) -> st
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:32]
+
+
+def folder_entries(folder: str | os.PathLike) -> list[str]:
+    """The names in a frame folder that count as its content: not hidden, sorted by name."""
+    return sorted(name for name in os.listdir(folder) if not name.startswith("."))
+
+
+def folder_sha256(folder: str | os.PathLike) -> str:
+    """The sha256 (hex) of a frame folder: its entries in name order, each as its name and the
+    sha256 of its bytes (an entry that is not a regular file counts by its name and kind)."""
+    digest = hashlib.sha256()
+    for name in folder_entries(folder):
+        path = os.path.join(folder, name)
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode):
+            content = file_sha256(path)
+        else:
+            content = f"not-a-file:{stat.S_IFMT(info.st_mode):o}"
+        digest.update(os.fsencode(name) + b"\0" + content.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 (hex) of a regular file's bytes, read in 1 MiB pieces without following links."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

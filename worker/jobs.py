@@ -15,6 +15,7 @@ import traceback
 import uuid
 from pathlib import Path
 
+from redis.exceptions import RedisError
 from rq import get_current_job
 
 from worker import registry, state
@@ -32,6 +33,7 @@ class Runtime:
         self._segmenter = None
         self._stamp = None
         self.model_version = None
+        self._tracker = None
 
     def segmenter(self):
         """The Segmenter for the current model version; (re)loads it when `models/current` changed."""
@@ -59,6 +61,19 @@ class Runtime:
             " — RANDOM WEIGHTS" if model.info.random_weights else "",
         )
         return self._segmenter
+
+    def tracker(self):
+        """The video Tracker for the current model: SAM2's video predictor built on the first
+        video job from the resident model's weights (shared, not loaded again), rebuilt when the
+        model is reloaded."""
+        from worker.video import Tracker
+
+        segmenter = self.segmenter()
+        if self._tracker is None or self._tracker.segmenter is not segmenter:
+            self._tracker = None  # let the old predictor go before building the new one
+            self._tracker = Tracker(segmenter, segmenter.model.video_predictor(), self.config)
+            log.info("video predictor ready (%s)", segmenter.model.info.name)
+        return self._tracker
 
 
 _runtime: Runtime | None = None
@@ -189,3 +204,80 @@ def train(dataset: str, steps: int | None = None, run: str | None = None, **opti
         job.meta.update(phase="done", result=summary)
         job.save_meta()
     return summary
+
+
+PROGRESS_META = "progress"  # job.meta key: {"frames_done": int, "frames_total": int | None}
+
+
+def _report_progress(job, min_interval_s: float = 1.0):
+    """A progress(frames_done, frames_total) callback that saves the job's meta at most once per
+    `min_interval_s` (and always for the last frame); a no-op outside RQ."""
+    last = [0.0]
+
+    def progress(done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if job is None or (now - last[0] < min_interval_s and done != total):
+            return
+        last[0] = now
+        job.meta[PROGRESS_META] = {"frames_done": done, "frames_total": total}
+        try:
+            job.save_meta()
+        except RedisError as exc:  # progress is informative: never fail a job over it
+            log.warning("could not save progress of job %s: %s", job.id, exc)
+
+    return progress
+
+
+def segment_video(job_id: str, video: str, mask: str | None = None) -> dict:
+    """Segment the first frame of the claimed video (file or frame folder) of job `job_id`, track
+    its objects through the video and publish outbox/<stem>/. Progress goes to the job's meta.
+
+    Failures end as for images: a bad input in state/failed/<job_id>/ at once, an unexpected error
+    there after RQ's last retry.
+    """
+    from worker.video_pipeline import segment_video_file
+
+    rt = runtime()
+    cfg = rt.config
+    claim_dir = state.folder(cfg.paths.state, state.CLAIMED, job_id)
+    if not claim_dir.is_dir():
+        for kind in (state.DONE, state.FAILED):
+            if state.folder(cfg.paths.state, kind, job_id).is_dir():
+                return {"status": kind, "note": "already handled"}
+        raise FileNotFoundError(f"job {job_id}: no claim in {claim_dir.parent}")
+    claim = state.read_claim(claim_dir)
+    video_path = state.safe_member(claim_dir, video)
+    mask_path = state.safe_member(claim_dir, mask)
+    job = get_current_job()
+    try:
+        if _newer_result_exists(Path(cfg.paths.outbox), claim.stem, claim.seq):
+            log.info("%s: a newer result is already published; not overwriting it", video)
+            folder = Path(cfg.paths.outbox) / claim.stem
+        else:
+            folder = segment_video_file(
+                rt.tracker(),
+                video_path,
+                mask_path,
+                cfg.paths.outbox,
+                job_id=job_id,
+                claim_seq=claim.seq,
+                progress=_report_progress(job),
+            )
+    except BadInput as exc:
+        reason = exc.reason
+        if Path(exc.path) != video_path:  # a frame inside a folder, or the mask: say which
+            reason = f"{Path(exc.path).relative_to(claim_dir)}: {exc.reason}"
+        state.fail(cfg.paths.state, job_id, reason)
+        log.warning("failed %s: %s", video, exc)
+        return {"status": "failed", "reason": str(exc)}
+    except Exception as exc:
+        if job is None or not job.retries_left:
+            state.fail(
+                cfg.paths.state,
+                job_id,
+                f"internal error: {type(exc).__name__}: {exc}",
+                detail=traceback.format_exc(),
+            )
+        raise
+    state.finish(cfg.paths.state, job_id)
+    return {"status": "done", "result": str(folder)}

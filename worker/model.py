@@ -358,6 +358,26 @@ class SamModel:
         predictor._bb_feat_sizes = list(self.feature_sizes)
         return predictor
 
+    def video_predictor(self):
+        """SAM2's SAM2VideoPredictor (`build_sam2_video_predictor`'s settings) on this model's
+        device, sharing this model's weight tensors (no second copy of the weights)."""
+        from sam2.build_sam import build_sam2_video_predictor
+
+        cfg = self.info
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.manual_seed(RANDOM_SEED)
+            predictor = build_sam2_video_predictor(
+                CONFIG_FILES[(cfg.version, cfg.size)],
+                None,
+                device="cpu",
+                mode="eval",
+                hydra_overrides_extra=[f"++model.image_size={self.image_size}"],
+            )
+        # assign=True makes the predictor's parameters the very tensors of the image model.
+        predictor.load_state_dict(self.sam.state_dict(), strict=True, assign=True)
+        return predictor.to(self.device).eval()
+
 
 def save_official_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     """Save a model's weights in the official checkpoint format ({"model": state_dict})."""

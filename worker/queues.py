@@ -20,6 +20,7 @@ from rq.serializers import JSONSerializer
 
 from worker import metrics
 from worker.config import Config
+from worker.inputs import is_video_input
 
 SEGMENT_QUEUE = "segment"
 TRAIN_QUEUE = "train"
@@ -28,8 +29,9 @@ QUEUES = (SEGMENT_QUEUE, VIDEO_QUEUE, TRAIN_QUEUE)
 
 SEGMENT_JOB = "worker.jobs.segment"
 TRAIN_JOB = "worker.jobs.train"
+VIDEO_JOB = "worker.jobs.segment_video"
 # The only callables a segd worker will run.
-ALLOWED_CALLABLES = frozenset({SEGMENT_JOB, TRAIN_JOB})
+ALLOWED_CALLABLES = frozenset({SEGMENT_JOB, TRAIN_JOB, VIDEO_JOB})
 
 SOCKET_NAME = "redis.sock"
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux
@@ -161,4 +163,53 @@ def enqueue_train(
         result_ttl=30 * 24 * 3600,
         failure_ttl=30 * 24 * 3600,
         description=f"train on {dataset}",
+    )
+
+
+def enqueue_video(
+    video_queue: Queue,
+    job_id: str,
+    video: str,
+    mask: str | None,
+    *,
+    timeout_s: int,
+    retries: int,
+) -> Job | None:
+    """Enqueue `worker.jobs.segment_video` for a claimed video file or frame folder; None when a
+    job with this id already exists."""
+    try:
+        return video_queue.enqueue(
+            VIDEO_JOB,
+            job_id=job_id,
+            kwargs={"job_id": job_id, "video": video, "mask": mask},
+            job_timeout=timeout_s,
+            retry=Retry(max=retries) if retries else None,
+            result_ttl=24 * 3600,
+            failure_ttl=7 * 24 * 3600,
+            unique=True,
+            description=f"segment video {video}" + (f" in {mask}" if mask else ""),
+        )
+    except DuplicateJobError:
+        return None
+
+
+def enqueue_claim(connection: Redis, claim, config: Config) -> Job | None:
+    """Enqueue the job a claim (`worker.state.Claim`) needs: a video job for a video file or a
+    frame folder, else a segment job. None when it is already queued."""
+    if is_video_input(claim.image):
+        return enqueue_video(
+            queue(VIDEO_QUEUE, connection),
+            claim.job_id,
+            claim.image,
+            claim.mask,
+            timeout_s=config.video.job_timeout_s,
+            retries=config.worker.retries,
+        )
+    return enqueue_segment(
+        queue(SEGMENT_QUEUE, connection),
+        claim.job_id,
+        claim.image,
+        claim.mask,
+        timeout_s=config.worker.job_timeout_s,
+        retries=config.worker.retries,
     )

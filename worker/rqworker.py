@@ -49,7 +49,7 @@ class SegdWorker(SimpleWorker):
 
     def __init__(self, config: Config, runtime: Runtime, name: str | None = None, queue_names=None):
         connection = queues.connect(config)
-        names = queue_names or [queues.SEGMENT_QUEUE]
+        names = queue_names or [queues.SEGMENT_QUEUE, queues.VIDEO_QUEUE]
         super().__init__(
             [queues.queue(n, connection) for n in names],
             connection=connection,
@@ -116,14 +116,7 @@ class SegdWorker(SimpleWorker):
         claim_dir = state.folder(self.config.paths.state, state.CLAIMED, job_id)
         if claim_dir.is_dir():
             made = state.read_claim(claim_dir)
-            queues.enqueue_segment(
-                queues.queue(queues.SEGMENT_QUEUE, self.connection),
-                job_id,
-                made.image,
-                made.mask,
-                timeout_s=self.config.worker.job_timeout_s,
-                retries=self.config.worker.retries,
-            )
+            queues.enqueue_claim(self.connection, made, self.config)
             log.warning("%s died during job %s; enqueued it again", self.name, job_id)
         return job_id
 
@@ -136,13 +129,13 @@ class SegdWorker(SimpleWorker):
 
 
 def run(config: Config, name: str | None = None, burst: bool = False) -> int:
-    """`segd worker`: load the model, then serve the segment queue until SIGTERM."""
+    """`segd worker`: load the model, then serve the segment and video queues until SIGTERM."""
     runtime = Runtime(config)
     install_runtime(runtime)
     runtime.segmenter()  # load before taking a job: a broken model fails here, not per job
     worker = SegdWorker(config, runtime, name=name)
     worker.recover_namesake()
     worker.publish_info()
-    log.info("worker %s serving queue %r", worker.name, queues.SEGMENT_QUEUE)
+    log.info("worker %s serving queues %s", worker.name, ", ".join(worker.queue_names()))
     worker.work(burst=burst, logging_level="INFO")
     return EXIT_OK

@@ -14,6 +14,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 from rq import Worker
 from rq.exceptions import NoSuchJobError
+from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
@@ -92,6 +93,7 @@ def collect(config: Config, failures: int = 5) -> dict:
                     "model": info.get("model"),
                     "model_version": info.get("model_version"),
                     "random_weights": info.get("random_weights"),
+                    "progress": _progress(connection, worker.get_current_job_id()),
                 }
             )
         data["training"] = _training_runs(connection)
@@ -121,6 +123,17 @@ def _training_runs(connection) -> list[dict]:
             }
         )
     return runs
+
+
+def _progress(connection, job_id: str | None) -> dict | None:
+    """A running video job's {"frames_done", "frames_total"} from its meta, else None."""
+    if not job_id:
+        return None
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except Exception:  # gone or unreadable: status shows what it can
+        return None
+    return job.get_meta(refresh=False).get("progress")
 
 
 def _scan(folder: Path):
@@ -154,6 +167,9 @@ def render(data: dict) -> str:
     for w in data["workers"]:
         random = " RANDOM WEIGHTS" if w.get("random_weights") else ""
         job = f"  job {w['current_job']}" if w.get("current_job") else ""
+        if w.get("progress"):
+            done, total = w["progress"]["frames_done"], w["progress"]["frames_total"]
+            job += f" (frames {done}/{total if total is not None else '?'})"
         lines.append(
             f"worker   {w['name']} on {w['host']} ({w.get('device')}), "
             f"model {w.get('model')} version {w.get('model_version')}{random}: {w['state']}{job}"
