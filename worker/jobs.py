@@ -1,4 +1,5 @@
-"""RQ job entry points. Orchestration only: find the claim, run the pipeline, move the claim.
+"""RQ job entry points. Orchestration only: find the claim, run the pipeline, move the claim
+(`segment`, `segment_video`), or hand a labelled folder to a training run (`train`).
 
 The functions here are the only ones segd workers will run (see `worker.queues.ALLOWED_CALLABLES`);
 their arguments are JSON values and are checked before use (job ids and file names only, never
