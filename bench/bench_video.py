@@ -170,8 +170,10 @@ def memory(args) -> list[str]:
                 text=True,
                 cwd=ROOT,
                 check=True,
-            ).stdout.split()
-            peaks[frames] = (float(out[2]), int(out[1]), float(out[3]))
+            ).stdout
+            # The child's last line: "<flow> <frames done> <peak MiB> <seconds>".
+            done, peak, seconds = out.strip().splitlines()[-1].split()[-3:]
+            peaks[frames] = (float(peak), int(done), float(seconds))
         ratio = peaks[600][0] / peaks[60][0]
         rows.append(
             f"| {flow} | {args.size} {args.memory_image_size}px | {peaks[60][0]:.0f} | "

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from redis.exceptions import RedisError
 
 from worker import datasets, queues, registry
 from worker.config import TRAINING_JOB_OPTIONS, Config, training_settings
-from worker.errors import EXIT_FAILED_INPUTS, EXIT_OK, ConfigError
+from worker.errors import EXIT_FAILED_INPUTS, EXIT_OK, ConfigError, SegdError
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -42,13 +43,19 @@ def cmd_train(config: Config, args: argparse.Namespace) -> int:
     if args.run:
         options["run"] = args.run
     connection = queues.connect(config)
-    job = queues.enqueue_train(
-        queues.queue(queues.TRAIN_QUEUE, connection),
-        args.dataset,
-        options,
-        timeout_s=config.training.job_timeout_s,
-        retries=config.training.retries,
-    )
+    try:
+        job = queues.enqueue_train(
+            queues.queue(queues.TRAIN_QUEUE, connection),
+            args.dataset,
+            options,
+            timeout_s=config.training.job_timeout_s,
+            retries=config.training.retries,
+        )
+    except RedisError as exc:
+        raise SegdError(
+            f"cannot reach Redis at {queues.redis_url(config)} ({exc}); start the service "
+            "(segd up) or set redis.url"
+        ) from None
     print(f"enqueued training job {job.id} on queue {queues.TRAIN_QUEUE!r} ({args.dataset})")
     if not args.follow:
         print(f"follow it with: segd status, or rq info -u {queues.redis_url(config)} train")
