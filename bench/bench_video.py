@@ -9,9 +9,11 @@ predictor and weights:
   segd        Tracker.track over the streamed folder (frame 0 seeded by the same segmentation),
               index map per frame; nothing written
 
-Memory: peak RSS (ru_maxrss of a fresh child process) tracking a synthetic 96x96 video of
-moving squares for 60 and for 600 frames, segd against SAM2's loop (its init_state holds every
-frame at model resolution, so its peak grows with the video).
+Memory: resident memory of a fresh child process tracking a synthetic 96x96 video of moving
+squares for 60 and for 600 frames, segd against SAM2's loop (its init_state holds every frame at
+model resolution, so its peak grows with the video): RSS once the model is loaded, then the peak
+while tracking (Linux: the peak counter is reset after loading), with the growth over the first in
+brackets.
 
 Weights are random (nothing can be downloaded here): this measures speed and memory, not quality.
 """
@@ -19,8 +21,8 @@ Weights are random (nothing can be downloaded here): this measures speed and mem
 from __future__ import annotations
 
 import argparse
+import gc
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -128,14 +130,29 @@ def speed(args) -> list[str]:
     return rows
 
 
+def _status_mib(field: str) -> float:
+    """A `VmRSS`/`VmHWM` line of /proc/self/status, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def child(flow: str, frames: int, size: str, image_size: int) -> None:
-    """Run one flow in this (fresh) process and print its peak RSS in MiB."""
+    """Run one flow in this (fresh) process; print its resident memory before tracking (model
+    loaded, frames on disk) and its peak while tracking, in MiB.
+
+    The peak counter is reset after the model is loaded (`5` to /proc/self/clear_refs), so the
+    load's own transient peak (state dict + model) does not hide what tracking costs."""
     config = bench_config(size, image_size, frames, 8)
     model = SamModel.load(config)
     predictor = model.video_predictor()
     segmenter = Segmenter(model, config)
     with tempfile.TemporaryDirectory() as tmp:
         folder = synthetic_folder(Path(tmp), frames)
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_mib("VmRSS")
         start = time.perf_counter()
         if flow == "segd":
             done = run_segd(Tracker(segmenter, predictor, config), folder, config)
@@ -143,14 +160,14 @@ def child(flow: str, frames: int, size: str, image_size: int) -> None:
             first = next(open_video(folder, config).frames())
             done = run_sam2_loop(predictor, folder, segmenter.segment(first))
         seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{flow} {done} {peak:.0f} {seconds:.1f}")
+        peak = _status_mib("VmHWM")
+    print(f"{flow} {done} {base:.0f} {peak:.0f} {seconds:.1f}")
 
 
 def memory(args) -> list[str]:
     rows = []
     for flow in ("segd", "sam2 loop"):
-        peaks = {}
+        runs = {}
         for frames in (60, 600):
             out = subprocess.run(
                 [
@@ -171,13 +188,16 @@ def memory(args) -> list[str]:
                 cwd=ROOT,
                 check=True,
             ).stdout
-            # The child's last line: "<flow> <frames done> <peak MiB> <seconds>".
-            done, peak, seconds = out.strip().splitlines()[-1].split()[-3:]
-            peaks[frames] = (float(peak), int(done), float(seconds))
-        ratio = peaks[600][0] / peaks[60][0]
+            # The child's last line: "<flow> <frames done> <base MiB> <peak MiB> <seconds>".
+            done, base, peak, seconds = out.strip().splitlines()[-1].split()[-4:]
+            if int(done) != frames:
+                raise RuntimeError(f"{flow} tracked {done} of {frames} frames")
+            runs[frames] = (float(base), float(peak), float(seconds))
+        (base60, peak60, s60), (base600, peak600, s600) = runs[60], runs[600]
         rows.append(
-            f"| {flow} | {args.size} {args.memory_image_size}px | {peaks[60][0]:.0f} | "
-            f"{peaks[600][0]:.0f} | {ratio:.2f}x | {peaks[60][2]:.0f} / {peaks[600][2]:.0f} |"
+            f"| {flow} | {args.size} {args.memory_image_size}px | {base60:.0f} | {peak60:.0f} "
+            f"(+{peak60 - base60:.0f}) | {peak600:.0f} (+{peak600 - base600:.0f}) | "
+            f"{peak600 / peak60:.2f}x | {s60:.0f} / {s600:.0f} |"
         )
     return rows
 
@@ -208,9 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_memory:
         print()
         print(
-            "| flow | model | peak RSS 60 frames (MiB) | 600 frames (MiB) | 600 / 60 | seconds 60 / 600 |"
+            "| flow | model | RSS before tracking (MiB) | peak RSS tracking 60 frames (MiB) "
+            "| 600 frames (MiB) | peak 600 / 60 | seconds 60 / 600 |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         for row in memory(args):
             print(row, flush=True)
 
