@@ -86,6 +86,7 @@ def collect(config: Config, failures: int = 5) -> dict:
             data["workers"].append(
                 {
                     "name": worker.name,
+                    "queues": worker.queue_names(),
                     "state": str(worker.get_state()),
                     "current_job": worker.get_current_job_id(),
                     "host": info.get("host", worker.hostname),
@@ -170,9 +171,16 @@ def render(data: dict) -> str:
         if w.get("progress"):
             done, total = w["progress"]["frames_done"], w["progress"]["frames_total"]
             job += f" (frames {done}/{total if total is not None else '?'})"
+        # A trainer holds no model (each run loads its own in a fresh process): no model part.
+        serves = f" [{', '.join(w['queues'])}]" if w.get("queues") else ""
+        device = f" ({w['device']})" if w.get("device") else ""
+        model = (
+            f", model {w['model']} version {w.get('model_version')}{random}"
+            if w.get("model")
+            else ""
+        )
         lines.append(
-            f"worker   {w['name']} on {w['host']} ({w.get('device')}), "
-            f"model {w.get('model')} version {w.get('model_version')}{random}: {w['state']}{job}"
+            f"worker   {w['name']}{serves} on {w['host']}{device}{model}: {w['state']}{job}"
         )
     for run in data.get("training", []):
         eta = f", ETA {run['eta_s'] / 60:.0f} min" if run.get("eta_s") else ""
