@@ -69,6 +69,7 @@ def follow(job_id: str, connection, poll_s: float = 0.5) -> int:
     from tqdm import tqdm
 
     bar = None
+    last_shown = None
     try:
         while True:
             job = Job.fetch(job_id, connection=connection, serializer=queues.JSONSerializer)
@@ -77,14 +78,17 @@ def follow(job_id: str, connection, poll_s: float = 0.5) -> int:
             if steps and bar is None:
                 bar = tqdm(total=steps, unit="step", dynamic_ncols=True, file=sys.stderr)
             if bar is not None:
-                bar.n = meta.get("step", 0)
-                bar.set_description(meta.get("phase", status))
                 post = {}
                 if meta.get("loss") is not None:
                     post["loss"] = f"{meta['loss']:.4f}"
                 if meta.get("val_miou") is not None:
                     post["val mIoU"] = f"{meta['val_miou']:.4f}"
-                bar.set_postfix(post, refresh=True)
+                shown = (meta.get("step", 0), meta.get("phase", status), tuple(post.items()))
+                if shown != last_shown:  # redraw on change only: a log file gets one line each
+                    last_shown = shown
+                    bar.n = shown[0]
+                    bar.set_description(shown[1], refresh=False)
+                    bar.set_postfix(post, refresh=True)
             if status == JobStatus.FINISHED:
                 if bar is not None:
                     bar.close()
