@@ -8,7 +8,7 @@ def _data(*workers: dict) -> dict:
         "redis": {"url": "unix:///x.sock", "ok": True},
         "queues": {},
         "workers": list(workers),
-        "last_hour": {"done": 0, "failed": 0, "images_per_minute": 0.0},
+        "last_hour": {"done": 0, "failed": 0, "files_per_minute": 0.0},
         "waiting": {"inbox": 0, "claimed": 0},
         "latest_failures": [],
     }

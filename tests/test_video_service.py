@@ -150,7 +150,7 @@ def test_status_shows_a_running_video_jobs_frames():
                 "progress": {"frames_done": 12, "frames_total": 30},
             }
         ],
-        "last_hour": {"done": 0, "failed": 0, "images_per_minute": 0.0},
+        "last_hour": {"done": 0, "failed": 0, "files_per_minute": 0.0},
         "waiting": {"inbox": 0, "claimed": 1},
         "latest_failures": [],
     }

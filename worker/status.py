@@ -46,7 +46,7 @@ def collect(config: Config, failures: int = 5) -> dict:
         "last_hour": {
             "done": len(done),
             "failed": len(failed),
-            "images_per_minute": round(len(done) / 60, 2),
+            "files_per_minute": round(len(done) / 60, 2),
         },
         "waiting": {
             "inbox": sum(1 for _ in _scan(Path(config.paths.inbox))),
@@ -195,7 +195,7 @@ def render(data: dict) -> str:
         )
     hour = data["last_hour"]
     lines.append(
-        f"last hour  done {hour['done']}  failed {hour['failed']}  ({hour['images_per_minute']} images/min)"
+        f"last hour  done {hour['done']}  failed {hour['failed']}  ({hour['files_per_minute']} files/min)"
     )
     waiting = data["waiting"]
     lines.append(f"waiting    inbox {waiting['inbox']}  claimed {waiting['claimed']}")
