@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from bench.seed_flow import seed_segment
-from worker import sampling
-from worker.config import load_config
-from worker.model import SamModel
-from worker.outputs import write_result
-from worker.segmenter import Segmenter
+from common.config import load_config
+from worker.image import sampling
+from worker.image.outputs import write_result
+from worker.image.segmenter import Segmenter
+from worker.models.sam import SamModel
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -51,14 +51,16 @@ def load_images(long_side: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, (H, W, 3) uint8 RGB, (H, W) bool region) with the long side resized to `long_side`."""
     out = []
     for name, image_file, mask_file in IMAGES:
-        image = cv2.imread(str(DATA / image_file))[:, :, ::-1]
+        decoded = cv2.imread(str(DATA / image_file))
+        assert decoded is not None, f"cannot read {DATA / image_file}"
+        image = decoded[:, :, ::-1]
         scale = long_side / max(image.shape[:2])
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
         image = np.ascontiguousarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
         if mask_file:
             region = (
                 cv2.resize(
-                    cv2.imread(str(DATA / mask_file), cv2.IMREAD_GRAYSCALE),
+                    np.asarray(cv2.imread(str(DATA / mask_file), cv2.IMREAD_GRAYSCALE)),
                     size,
                     interpolation=cv2.INTER_NEAREST,
                 )
@@ -168,12 +170,18 @@ def bench_image(
         **{key: measured[key][0] for key in ("encoder", "enc+dec", "seed", "random", "coverage")},
         "seed_cov": float(((seed_map > 0) & region).sum() / area),
         "random_cov": res_rand.coverage,
-        "random_post": res_rand.timings_s["stitch"] / sum(res_rand.timings_s.values()),
+        "random_post": _post(res_rand),
         "coverage_cov": res_cov.coverage,
         "coverage_points": res_cov.points_used,
-        "coverage_post": res_cov.timings_s["stitch"] / sum(res_cov.timings_s.values()),
+        "coverage_post": _post(res_cov),
         "write": write["write"][0],
     }
+
+
+def _post(result) -> float:
+    """Share of segd's time after the decoder (upsampling + stitching + boxes)."""
+    timings = result.timings_s
+    return (timings["upsample"] + timings["stitch"]) / sum(timings.values())
 
 
 def print_table(rows: list[dict], machine: str) -> None:

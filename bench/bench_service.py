@@ -28,10 +28,10 @@ import numpy as np
 from PIL import Image
 
 from bench.bench_segment import DATA, SHIPPED_CONFIG, machine_name
-from worker.config import load_config
-from worker.model import SamModel
-from worker.pipeline import segment_file
-from worker.segmenter import Segmenter
+from common.config import load_config
+from worker.image.pipeline import segment_file
+from worker.image.segmenter import Segmenter
+from worker.models.sam import SamModel
 
 ENV = {
     "SEGD_MODEL__SIZE": "tiny",
@@ -81,7 +81,7 @@ def bench_service(
 ) -> tuple[float, list[float]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGD_")} | ENV
     up = subprocess.Popen(
-        [sys.executable, "-m", "worker", "up"],
+        [sys.executable, "-m", "segd", "up"],
         cwd=site,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -107,9 +107,9 @@ def bench_service(
 
         overheads = []
         for image in singles:
-            staged = shutil.copy(image, scratch / f"single-{image.name}")
+            single = Path(shutil.copy(image, scratch / f"single-{image.name}"))
             dropped = time.perf_counter()
-            os.rename(staged, inbox / f"single-{image.name}")
+            os.rename(single, inbox / f"single-{image.name}")
             arrived = _wait(outbox / f"single-{image.stem}" / "manifest.json")
             manifest = json.loads((outbox / f"single-{image.stem}" / "manifest.json").read_text())
             timings = manifest["timings_s"]

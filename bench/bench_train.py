@@ -4,7 +4,7 @@
                    one image, every instance prompted by one point, the first of the three masks
                    upsampled to the image and trained with BCE + 0.05 x |IoU error|, AdamW over
                    all parameters (as the seed builds it), bf16 autocast + GradScaler on CUDA
-  segd frozen enc  worker.training.Trainer.step: a batch of images, each decoded against its own
+  segd frozen enc  worker.training.loop.Trainer.step: a batch of images, each decoded against its own
                    features, best of three masks (focal + dice) + IoU head, fused AdamW on the
                    prompt encoder and decoder
   segd train enc   the same with the image encoder trained too
@@ -21,22 +21,23 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.config import load_config
 from tests.synthetic import labelled_folder
-from worker.config import load_config
-from worker.datasets import open_dataset, read_sample
-from worker.model import SamModel
-from worker.training import Trainer
+from worker.models.sam import SamModel
+from worker.training.datasets import open_dataset, read_sample
+from worker.training.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIG = ROOT / "config.yaml"
 
 
-def seed_step_fn(model: SamModel, samples: list, limits) -> callable:
+def seed_step_fn(model: SamModel, samples: list, limits) -> Callable[[], int]:
     """The seed tutorial's training step on one image (its bugs in multi-image batches aside)."""
     predictor = model.image_predictor()
     sam = model.sam

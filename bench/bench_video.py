@@ -33,11 +33,11 @@ import cv2
 import numpy as np
 import torch
 
-from worker.config import load_config
-from worker.model import SamModel
-from worker.segmenter import Segmenter
-from worker.video import Tracker
-from worker.video_io import open_video
+from common.config import load_config
+from worker.image.segmenter import Segmenter
+from worker.models.sam import SamModel
+from worker.video.frames import open_video
+from worker.video.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -109,7 +109,7 @@ def speed(args) -> list[str]:
         seeds = segmenter.segment(first)
         objects = len(seeds.segments)
         run_segd(tracker, folder, config)  # warm-up (allocator, caches)
-        timings = {"sam2 loop": [], "segd": []}
+        timings: dict[str, list[tuple[float, int]]] = {"sam2 loop": [], "segd": []}
         for _ in range(args.repeats):
             start = time.perf_counter()
             frames = run_sam2_loop(predictor, folder, seeds)

@@ -41,7 +41,7 @@ def data_copy(tmp_path, data_dir):
 
 
 def tiny_config(tmp_path: Path, **env: str):
-    from worker.config import load_config
+    from common.config import load_config
 
     base = {
         **TINY,
@@ -57,7 +57,7 @@ def tiny_config(tmp_path: Path, **env: str):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random-weights SAM2.1 hiera-tiny (256 px) saved as {"model": state_dict}."""
-    from worker.model import SamModel, save_official_checkpoint
+    from worker.models.sam import SamModel, save_official_checkpoint
 
     folder = tmp_path_factory.mktemp("ckpt")
     model = SamModel.load(tiny_config(folder))
@@ -66,7 +66,19 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_checkpoint):
-    from worker.model import SamModel
+    from worker.models.sam import SamModel
 
     folder = tmp_path_factory.mktemp("model")
     return SamModel.load(tiny_config(folder, SEGD_MODEL__CHECKPOINT=str(tiny_checkpoint)))
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A temp site (inbox/outbox/state/models) with a running redis-server and no segd processes
+    (tests/service_helpers.Service). tests/segd/web overrides it with its own site."""
+    from tests.service_helpers import Service  # it imports this module
+
+    service = Service(tmp_path / "site")
+    service.start_redis()
+    yield service
+    service.close()

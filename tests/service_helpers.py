@@ -44,7 +44,7 @@ class Service:
 
     # --- redis ------------------------------------------------------------------------------
     def start_redis(self, appendonly: bool = True) -> None:
-        from worker.supervisor import redis_binary
+        from segd.up import redis_binary
 
         data = self.root / "redis-data"
         data.mkdir(exist_ok=True)
@@ -86,15 +86,17 @@ class Service:
         self.redis.wait()
 
     # --- segd processes ---------------------------------------------------------------------
-    def start(self, role: str, *args: str) -> subprocess.Popen:
-        log = open(self.root / f"{role}.log", "ab")
+    def start(self, role: str, *args: str, key: str | None = None) -> subprocess.Popen:
+        """Start `segd <role> <args>`; `key` (default: the role) names it in procs and its log."""
+        key = key or role
+        log = open(self.root / f"{key}.log", "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", role, *args],
+            [sys.executable, "-m", "segd", role, *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        self.procs[role] = proc
+        self.procs[key] = proc
         return proc
 
     def stop(self, role: str, sig=signal.SIGTERM, timeout: float = 60) -> int:
@@ -119,14 +121,29 @@ class Service:
         self.socket.unlink(missing_ok=True)
 
     # --- observations -----------------------------------------------------------------------
-    def results(self) -> dict[str, dict]:
-        """Published result folders: stem → manifest."""
+    def results(self, folder: Path | None = None, prefix: str = "") -> dict[str, dict]:
+        """Published result folders: their path in the outbox (`stem`, `visit/stem`) → manifest.
+        A folder without manifest.json mirrors an inbox folder: its results are listed too."""
         out = {}
-        for entry in self.outbox.iterdir():
-            if entry.name.startswith("."):
+        for entry in (folder or self.outbox).iterdir():
+            if entry.name.startswith(".") or not entry.is_dir():
                 continue
-            out[entry.name] = json.loads((entry / "manifest.json").read_text())
+            manifest = entry / "manifest.json"
+            if manifest.exists():
+                out[prefix + entry.name] = json.loads(manifest.read_text())
+            else:
+                out.update(self.results(entry, f"{prefix}{entry.name}/"))
         return out
+
+    def segd(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run a `segd` command against this site; its output as text."""
+        return subprocess.run(
+            [sys.executable, "-m", "segd", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def folders(self, kind: str) -> list[Path]:
         root = self.state / kind
@@ -147,3 +164,64 @@ class Service:
             time.sleep(0.1)
         logs = "\n".join(f"--- {r}\n{self.log(r)[-3000:]}" for r in ("watch", "worker"))
         raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+# --- inputs -------------------------------------------------------------------------------------
+def picture(seed: int, size=(96, 128), fmt: str = "JPEG", quality: int = 90) -> bytes:
+    """A small distinct picture of noise (distinct bytes → distinct job ids), (H, W) = size."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = (rng.uniform(0, 1, (*size, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    options = {"quality": quality} if fmt == "JPEG" else {}
+    Image.fromarray(pixels).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_slowly(path: Path, data: bytes) -> None:
+    """One open, many small writes with pauses, one close (a slow network copy)."""
+    with open(path, "wb") as handle:
+        for start in range(0, len(data), 1024):
+            handle.write(data[start : start + 1024])
+            handle.flush()
+            time.sleep(0.02)
+
+
+# --- segd up ------------------------------------------------------------------------------------
+def start_up(cwd: Path, env: dict, output) -> subprocess.Popen:
+    """`segd up` in `cwd`, in a process group of its own, so `end_up` can stop everything it
+    started even when the test failed half-way (stdout and stderr both to `output`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "segd", "up"],
+        cwd=cwd,
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def end_up(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Ctrl-C for a `segd up` still running, then SIGKILL to whatever of its process group is
+    left (its redis-server, watcher, workers), so no test leaves processes behind."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

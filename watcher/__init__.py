@@ -1,5 +1,5 @@
 """segd's inbox side: watches folders, claims complete files and enqueues jobs.
 
-It never imports torch: it shares only the light modules (`worker.config`, `worker.errors`)
-with the GPU side.
+It never imports torch, sam2 or `worker`: it shares only the light `common` package (config,
+names, state, queues) with the GPU side (an import contract in pyproject.toml checks it).
 """

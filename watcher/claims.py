@@ -4,12 +4,17 @@ A claim is two renames: the files go first into a private `claimed/.incoming-<to
 (after which no writer can touch them), are hashed there, and the folder then takes its final
 name, the job id (input bytes + mask bytes + model version). If that job already exists (the same
 file dropped twice), the copy is kept under the existing job's `duplicates/` and nothing is
-enqueued. All renames stay inside one file system, so an input is never in two places.
+enqueued, unless the outbox holds another model version's result for it (a re-drop after a
+promotion or a rollback is segmented again). All renames stay inside one file system, so an input
+is never in two places, and each is made durable (`common.durable.durable_rename`) before the next
+step relies on it.
+
+A writer can keep writing through a descriptor it opened before the rename: size and mtime are
+compared before and after hashing, and a file that changed is put back in the inbox, unclaimed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -17,11 +22,13 @@ import shutil
 import time
 from pathlib import Path
 
-from worker import jobids, state
-from worker.inputs import image_stem
+from common import jobids, names, published, state
+from common.durable import durable_rename, fsync_dir
+from common.names import image_stem
 
 log = logging.getLogger("segd.watcher")
 INCOMING_PREFIX = ".incoming-"
+FOLDER_HINT = ".folder"  # in an incoming folder: the input's inbox folder, for recover_incoming
 
 
 def _sha256(path: Path) -> str:
@@ -31,26 +38,52 @@ def _sha256(path: Path) -> str:
     return jobids.file_sha256(path)
 
 
+def _signature(path: Path) -> tuple[int, ...]:
+    """What a writer changes: a file's (size, mtime_ns); a folder's entry count, total size and
+    newest mtime."""
+    info = os.lstat(path)
+    if not path.is_dir() or path.is_symlink():
+        return (info.st_size, info.st_mtime_ns)
+    count = total = newest = 0
+    for entry in os.scandir(path):
+        entry_info = entry.stat(follow_symlinks=False)
+        count, total = count + 1, total + entry_info.st_size
+        newest = max(newest, entry_info.st_mtime_ns)
+    return (count, total, newest)
+
+
+def stable_sha256(path: Path) -> str | None:
+    """The content hash of `path`, or None when its size or mtime changed while it was hashed
+    (a writer still holds it open)."""
+    before = _signature(path)
+    digest = _sha256(path)
+    return digest if _signature(path) == before else None
+
+
 def _move_in(source: Path, target_dir: Path) -> Path:
-    """Rename `source` into `target_dir` (copy + fsync + unlink across file systems)."""
+    """Rename `source` into `target_dir` durably (copy + fsync + unlink across file systems)."""
     target = target_dir / source.name
     try:
-        os.rename(source, target)
+        return durable_rename(source, target)
     except OSError as exc:
         if exc.errno != 18:  # EXDEV: inbox and state on different file systems
             raise
-        if source.is_dir() and not source.is_symlink():  # a frame folder
-            shutil.copytree(source, target, symlinks=True)
-            for item in target.iterdir():
-                if item.is_file() and not item.is_symlink():
-                    with open(item, "rb") as handle:
-                        os.fsync(handle.fileno())
-            shutil.rmtree(source)
-            return target
+    if source.is_dir() and not source.is_symlink():  # a frame folder
+        shutil.copytree(source, target, symlinks=True)
+        for item in target.iterdir():
+            if item.is_file() and not item.is_symlink():
+                with open(item, "rb") as handle:
+                    os.fsync(handle.fileno())
+        fsync_dir(target)
+        fsync_dir(target_dir)  # the copy is on disk before the original goes
+        shutil.rmtree(source)
+    else:
         shutil.copy2(source, target, follow_symlinks=False)
         with open(target, "rb") as handle:
             os.fsync(handle.fileno())
+        fsync_dir(target_dir)  # the copy is on disk before the original goes
         os.unlink(source)
+    fsync_dir(source.parent)
     return target
 
 
@@ -61,15 +94,23 @@ def claim(
     model_version: str,
     *,
     reuse_image: bool = False,
+    outbox: Path | None = None,
+    folder: str = "",
 ) -> state.Claim | None:
-    """Claim an image (and its mask). Returns the new Claim, or None for a duplicate.
+    """Claim an image (and its mask). Returns the new Claim, or None for a duplicate or a file
+    that changed while it was hashed (put back in the inbox: its writer is not done).
 
     reuse_image: `image` lives in state/ already (a mask arriving after its image was processed):
     it is hard-linked (or copied) into the new claim instead of moved.
+    outbox: where results are published; a done job whose stem's published result was made by
+    another model version is not a duplicate.
+    folder: the inbox folder the image came from (relative, '' = the inbox itself).
     """
     claimed_root = state_dir / state.CLAIMED
     incoming = claimed_root / f"{INCOMING_PREFIX}{secrets.token_hex(8)}"
     incoming.mkdir(parents=True)
+    if folder:  # a crash before claim.json is written must not lose where the input came from
+        (incoming / FOLDER_HINT).write_text(folder)
     if reuse_image:
         target = incoming / image.name
         if image.is_dir():  # a frame folder: link (or copy) each frame
@@ -80,9 +121,34 @@ def claim(
     else:
         image_in = _move_in(image, incoming)
     mask_in = _move_in(mask, incoming) if mask is not None else None
+    image_sha = stable_sha256(image_in)
+    mask_sha = stable_sha256(mask_in) if mask_in is not None else None
+    if image_sha is None or (mask_in is not None and mask_sha is None):
+        _put_back(incoming, image, image_in, mask, mask_in, reuse_image)
+        return None
     return settle_incoming(
-        state_dir, incoming, image_in.name, mask_in.name if mask_in else None, model_version
+        state_dir,
+        incoming,
+        image_in.name,
+        mask_in.name if mask_in else None,
+        model_version,
+        shas=(image_sha, mask_sha),
+        outbox=outbox,
+        folder=folder,
     )
+
+
+def _put_back(incoming, image, image_in, mask, mask_in, reused: bool) -> None:
+    """Return files that changed while being hashed to where they came from, unclaimed."""
+    changed = [p.name for p in (image_in, mask_in) if p is not None]
+    if reused:
+        shutil.rmtree(image_in) if image_in.is_dir() else image_in.unlink()
+    else:
+        _move_in(image_in, image.parent)
+    if mask_in is not None:
+        _move_in(mask_in, mask.parent)
+    shutil.rmtree(incoming, ignore_errors=True)
+    log.info("%s changed while it was hashed (still being written); left in the inbox", changed)
 
 
 def _link_or_copy(source, target) -> None:
@@ -93,11 +159,21 @@ def _link_or_copy(source, target) -> None:
 
 
 def settle_incoming(
-    state_dir: Path, incoming: Path, image: str, mask: str | None, model_version: str
+    state_dir: Path,
+    incoming: Path,
+    image: str,
+    mask: str | None,
+    model_version: str,
+    *,
+    shas: tuple[str, str | None] | None = None,
+    outbox: Path | None = None,
+    folder: str = "",
 ) -> state.Claim | None:
-    """Hash an incoming folder and give it its job id (or file it as a duplicate)."""
-    image_sha = _sha256(incoming / image)
-    mask_sha = _sha256(incoming / mask) if mask else None
+    """Hash an incoming folder (unless `shas` gives the hashes) and give it its job id (or file
+    it as a duplicate)."""
+    if shas is None:
+        shas = (_sha256(incoming / image), _sha256(incoming / mask) if mask else None)
+    image_sha, mask_sha = shas
     job_id = jobids.job_id(image_sha, mask_sha, model_version)
     new = state.Claim(
         job_id=job_id,
@@ -107,14 +183,22 @@ def settle_incoming(
         model_version=model_version,
         claimed_at=state.now_iso(),
         seq=time.time_ns(),
+        image_sha256=image_sha,
+        mask_sha256=mask_sha,
+        folder=folder,
     )
+    (incoming / FOLDER_HINT).unlink(missing_ok=True)
     state.write_claim(incoming, new)
     for kind in (state.CLAIMED, state.DONE):
         existing = state.folder(state_dir, kind, job_id)
         if existing.is_dir():
+            if kind == state.DONE and _published_by_another_version(outbox, new):
+                break  # a re-drop after a promotion or a rollback: segment it again
             spare = existing / state.DUPLICATES / incoming.name.removeprefix(INCOMING_PREFIX)
-            spare.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(incoming, spare)
+            if not spare.parent.is_dir():
+                spare.parent.mkdir(parents=True, exist_ok=True)
+                fsync_dir(existing)
+            durable_rename(incoming, spare)
             log.info(
                 "%s: same content as job %s (%s); kept in %s, not segmented again",
                 image,
@@ -123,33 +207,56 @@ def settle_incoming(
                 spare,
             )
             return None
-    os.rename(incoming, state.folder(state_dir, state.CLAIMED, job_id))
+    durable_rename(incoming, state.folder(state_dir, state.CLAIMED, job_id))
     return new
 
 
-def latest_for_stem(state_dir: Path, stem: str) -> Path | None:
-    """The image (or video) of the newest claimed or done job for `stem` (for a mask arriving
-    after it)."""
-    best: tuple[int, Path] | None = None
-    for kind in (state.CLAIMED, state.DONE):
-        root = state_dir / kind
-        if not root.is_dir():
+def _published_by_another_version(outbox: Path | None, claim: state.Claim) -> bool:
+    """True when the claim's published result (outbox/<folder>/<stem>/) was made by a model
+    version other than the claim's."""
+    if outbox is None:
+        return False
+    found = published.locate(outbox, claim.folder, claim.stem, claim.image_sha256)
+    version = published.model_version(found)
+    return version is not None and version != claim.model_version
+
+
+def _file_reserved_inputs(state_dir: Path, incoming: Path) -> None:
+    """An input named like segd's own files (claimed before such names were refused: a frame
+    folder `claim.json`, `error.json`, `duplicates`) is moved whole to state/failed/ with its
+    reason, so recovery neither mistakes it for bookkeeping nor deletes it."""
+    for entry in os.scandir(incoming):
+        if entry.name.casefold() not in names.RESERVED_NAMES:
             continue
-        for entry in os.scandir(root):
-            if entry.name.startswith("."):
-                continue
-            try:
-                info = json.loads((Path(entry.path) / state.CLAIM_FILE).read_text())
-            except (OSError, ValueError):
-                continue
-            if info.get("stem") == stem and (best is None or info["seq"] > best[0]):
-                best = (info["seq"], Path(entry.path) / info["image"])
-    return best[1] if best and best[1].exists() else None
+        if entry.name == state.CLAIM_FILE and entry.is_file(follow_symlinks=False):
+            continue  # the claim itself
+        target = state.fail_entry(
+            state_dir, Path(entry.path), names.reserved_name_reason(entry.name) or "reserved"
+        )
+        log.error("%s: an input named like segd's own files; moved to %s", entry.path, target)
+
+
+def _remove_if_empty(incoming: Path) -> None:
+    """Remove an incoming folder that holds no input: only segd's own leftovers (a regular
+    claim.json, a hidden temp file of replace_json) are unlinked, then os.rmdir, which fails on
+    anything else, which is then left for a person. Never a recursive delete on a guess."""
+    for entry in os.scandir(incoming):
+        leftover = entry.name == state.CLAIM_FILE or entry.name.startswith(".")
+        if leftover and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+    try:
+        os.rmdir(incoming)
+    except OSError:
+        log.error(
+            "%s: holds something other than an input (%s); left for a person",
+            incoming,
+            sorted(os.listdir(incoming)),
+        )
 
 
 def recover_incoming(state_dir: Path, model_version: str) -> list[state.Claim]:
     """Finish claims a crashed watcher left half-done in `claimed/.incoming-*`."""
-    recovered = []
+    recovered: list[state.Claim] = []
     root = state_dir / state.CLAIMED
     if not root.is_dir():
         return recovered
@@ -157,6 +264,7 @@ def recover_incoming(state_dir: Path, model_version: str) -> list[state.Claim]:
         if not entry.name.startswith(INCOMING_PREFIX):
             continue
         incoming = Path(entry.path)
+        _file_reserved_inputs(state_dir, incoming)
         files = sorted(
             p.name
             for p in incoming.iterdir()
@@ -166,7 +274,7 @@ def recover_incoming(state_dir: Path, model_version: str) -> list[state.Claim]:
         images = [n for n in files if n not in masks]
         if len(images) != 1:
             if not files:
-                shutil.rmtree(incoming)  # nothing was moved in yet
+                _remove_if_empty(incoming)  # nothing was moved in yet
             else:
                 log.error(
                     "%s: cannot tell which file is the image (%s); left for a person",
@@ -174,8 +282,17 @@ def recover_incoming(state_dir: Path, model_version: str) -> list[state.Claim]:
                     files,
                 )
             continue
+        try:
+            folder = (incoming / FOLDER_HINT).read_text()
+        except FileNotFoundError:
+            folder = ""
         result = settle_incoming(
-            state_dir, incoming, images[0], masks[0] if masks else None, model_version
+            state_dir,
+            incoming,
+            images[0],
+            masks[0] if masks else None,
+            model_version,
+            folder=folder,
         )
         if result:
             recovered.append(result)

@@ -11,261 +11,99 @@ from __future__ import annotations
 
 import logging
 import os
-import queue as queue_module
 import signal
-import stat
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from redis.exceptions import RedisError
-from rq.job import Job, JobStatus
-from watchdog.events import FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.api import BaseObserver
 
-from watcher import claims
-from watcher.inbox import PART_SUFFIX, Kind, classify
-from worker import queues, registry, state
-from worker.config import Config
-from worker.errors import EXIT_OK
-from worker.inputs import IMAGE_SUFFIXES, MASK_SUFFIX, VIDEO_SUFFIXES, image_stem
-from worker.notify import Notifier
+from common import queues, registry, state, waiting
+from common.config import Config
+from common.errors import EXIT_OK
+from common.names import IMAGE_SUFFIXES, MASK_SUFFIX, VIDEO_SUFFIXES, image_stem, shown
+from common.notify import Notifier
+from watcher import claims, recovery
+from watcher.beacon import Beacon
+from watcher.folders import Folders, name_of, parent_of
+from watcher.inbox import PART_SUFFIX, FolderKind, Kind, classify
+from watcher.stems import StemIndex
+from watcher.supervision import Supervised
+from watcher.tracker import Tracker, frames_ready, level
 
 log = logging.getLogger("segd.watcher")
 EXIT_OBSERVER_DIED = 1
 TICK_S = 0.05
 
 
-class _Handler(FileSystemEventHandler):
-    """Pushes (event type, file name) for inbox entries; does nothing else."""
-
-    def __init__(self, inbox: Path, events: queue_module.Queue):
-        self.inbox = str(inbox)
-        self.events = events
-
-    def on_any_event(self, event):
-        for path in (getattr(event, "dest_path", None), event.src_path):
-            if path and os.path.dirname(os.fsdecode(path)) == self.inbox:
-                self.events.put((event.event_type, os.path.basename(os.fsdecode(path))))
-
-
-@dataclass
-class _Seen:
-    """The last observed state of an inbox entry and since when it has been unchanged."""
-
-    signature: tuple[int, ...]  # (inode, size, mtime_ns); a folder: see _signature
-    since: float  # monotonic time of the last change
-    closed: bool  # the last event was close-after-write or rename-in: the writer is done
-    idle_until: float = 0.0  # a temp file or a waiting mask: look again only after this time
-    is_dir: bool = False  # a folder of frames
-
-
-def _signature(path: Path, info: os.stat_result) -> tuple[int, ...]:
-    """What must stay unchanged for an entry to be complete: a file's (inode, size, mtime_ns); a
-    folder's inode plus its entries' count, total size and newest mtime (a folder's own mtime
-    does not change while a file inside it grows, and inotify reports nothing from inside it)."""
-    if not stat.S_ISDIR(info.st_mode):
-        return (info.st_ino, info.st_size, info.st_mtime_ns)
-    count = total = newest = 0
-    try:
-        for entry in os.scandir(path):
-            entry_info = entry.stat(follow_symlinks=False)
-            count, total = count + 1, total + entry_info.st_size
-            newest = max(newest, entry_info.st_mtime_ns)
-    except OSError:
-        return (info.st_ino, -1, 0, 0)
-    return (info.st_ino, count, total, newest)
-
-
-def _frames_ready(path: Path) -> bool:
-    """A settled frame folder is claimed only when it holds something and no writer's temp file
-    (a hidden or `.part` name) is left inside it."""
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return False
-    return bool(names) and not any(
-        n.startswith(".") or n.lower().endswith(PART_SUFFIX) for n in names
-    )
-
-
-class Watcher:
-    """Watches `paths.inbox`, claims complete files and enqueues their jobs."""
+class Watcher(Supervised):
+    """Watches `paths.inbox`, claims complete files and enqueues their jobs (the observer and
+    the systemd watchdog: watcher.supervision)."""
 
     def __init__(self, config: Config):
         self.config = config
         self.cfg = config.watcher
         self.inbox = Path(config.paths.inbox)
         self.state_dir = Path(config.paths.state)
-        self.events: queue_module.Queue = queue_module.Queue()
-        self.seen: dict[str, _Seen] = {}
+        self.tracker = Tracker(self.inbox, self.cfg)
+        self.seen = self.tracker.seen  # relative path -> Seen: the entries not yet acted on
+        self.folders = Folders(self.inbox, Path(config.paths.outbox))
         self.stop_requested = threading.Event()
-        self.observer = None
+        self.observer: BaseObserver | None = None
         self.observer_restarts: list[float] = []
         self.connection = queues.connect(config)
         self.segment_queue = queues.queue(queues.SEGMENT_QUEUE, self.connection)
         self.pending_enqueue: dict[str, state.Claim] = {}
-        self.scans = 0
         self.notifier = Notifier.from_env()  # systemd's READY / WATCHDOG (no-op outside systemd)
         self._health_retry_at = 0.0
-
-    # --- observer -------------------------------------------------------------------------
-    def _start_observer(self) -> None:
-        cls = PollingObserver if self.cfg.polling else Observer
-        kwargs = {"timeout": self.cfg.poll_interval_s} if self.cfg.polling else {}
-        self.observer = cls(**kwargs)
-        self.observer.schedule(_Handler(self.inbox, self.events), str(self.inbox), recursive=False)
-        self.observer.daemon = True
-        self.observer.start()
-
-    def observer_healthy(self) -> bool:
-        return self.observer is not None and self.observer.is_alive()
-
-    def _check_observer(self) -> bool:
-        """Restart a dead observer (and rescan); give up after 3 deaths in a minute."""
-        if self.observer_healthy():
-            return True
-        now = time.monotonic()
-        self.observer_restarts = [t for t in self.observer_restarts if now - t < 60] + [now]
-        if len(self.observer_restarts) > 3:
-            log.error(
-                "the inbox observer keeps dying; exiting so the service manager restarts the watcher"
-            )
-            return False
-        log.warning("the inbox observer died; restarting it and rescanning %s", self.inbox)
-        self._start_observer()
-        self.rescan()
-        return True
-
-    # --- systemd ------------------------------------------------------------------------
-    def healthy(self) -> bool:
-        """The observer is alive and Redis answers: what a systemd watchdog ping vouches for."""
-        if not self.observer_healthy():
-            return False
-        try:
-            return bool(self.connection.ping())
-        except (RedisError, OSError):
-            return False
-
-    def heartbeat(self, now: float | None = None) -> bool:
-        """Ping the systemd watchdog when a ping is due and the watcher is healthy.
-
-        An unhealthy watcher stays silent (looked at again after a second), so systemd restarts
-        it once `WatchdogSec` passes. Returns whether a ping was sent.
-        """
-        now = time.monotonic() if now is None else now
-        if not self.notifier.watchdog_due(now) or now < self._health_retry_at:
-            return False
-        if not self.healthy():
-            if self._health_retry_at == 0.0:
-                log.warning("unhealthy (observer dead or Redis unreachable): no watchdog pings")
-            self._health_retry_at = now + 1.0
-            return False
-        self._health_retry_at = 0.0
-        return self.notifier.ping_watchdog(now)
-
-    # --- tracking completeness ------------------------------------------------------------
-    def _note(self, name: str, closed: bool, active: bool = False) -> None:
-        """Record an entry's current state. The settle clock restarts when it changed, when its
-        writer just closed it or renamed it in (closed), or on any write activity (active)."""
-        try:
-            info = os.lstat(self.inbox / name)
-        except FileNotFoundError:
-            self.seen.pop(name, None)
-            return
-        is_dir = stat.S_ISDIR(info.st_mode)
-        signature = _signature(self.inbox / name, info)
-        closed = closed and not is_dir  # a folder's writer is never seen closing: always settle
-        previous = self.seen.get(name)
-        if closed or active or previous is None or previous.signature != signature:
-            self.seen[name] = _Seen(signature, time.monotonic(), closed, is_dir=is_dir)
-
-    def drain_events(self) -> None:
-        while True:
-            try:
-                kind, name = self.events.get_nowait()
-            except queue_module.Empty:
-                return
-            if kind in ("closed", "moved"):
-                self._note(name, closed=True)
-            elif kind == "created" and not self.cfg.polling:
-                # inotify: a file renamed in from another folder gives only IN_MOVED_TO, reported
-                # as "created"; a writer's own file is opened right after (IN_OPEN), which marks
-                # it busy below. So a creation alone is a complete arrival.
-                self._note(name, closed=True)
-            elif kind in ("created", "modified", "opened"):
-                self._note(name, closed=False, active=True)  # being written: wait for a close
-            elif kind == "deleted":
-                self.seen.pop(name, None)
+        self.beacon = Beacon(self.connection, self.cfg.heartbeat_ttl_s)
+        self.stems = StemIndex(self.state_dir)
+        self.waiting_masks: set[str] = set()  # masks said to be waiting (logged once each)
 
     def rescan(self) -> None:
-        """List the inbox; notice entries no event told us about, forget vanished ones."""
-        try:
-            names = set(os.listdir(self.inbox))
-        except FileNotFoundError:
-            self.inbox.mkdir(parents=True, exist_ok=True)
-            names = set()
-        for name in set(self.seen) - names:
-            del self.seen[name]
-        for name in names:
-            self._note(name, closed=False)
-        self.scans += 1
-
-    def _complete(self, name: str, now: float) -> os.stat_result | None:
-        """The entry's lstat if it has been unchanged long enough to be complete, else None.
-
-        No syscall while its settle time is still running: with thousands of files arriving, each
-        is stat'ed about once per settle period, not on every tick.
-        """
-        entry = self.seen.get(name)
-        if entry is None:
-            return None
-        wait = self.cfg.settle_s if entry.closed else self.cfg.settle_scan_s
-        if now - entry.since < wait:
-            return None
-        try:
-            info = os.lstat(self.inbox / name)
-        except FileNotFoundError:
-            self.seen.pop(name, None)
-            return None
-        signature = _signature(self.inbox / name, info)
-        if signature != entry.signature:
-            self.seen[name] = _Seen(signature, now, False, is_dir=stat.S_ISDIR(info.st_mode))
-            return None
-        return info
+        """List the inbox now (on start, every `watcher.rescan_interval_s`, after an observer death)."""
+        self.tracker.rescan()
 
     # --- deciding -----------------------------------------------------------------------
     def _refuse(self, name: str, reason: str) -> None:
         self.seen.pop(name, None)
+        self.folders.forget(name)
         try:
-            target = state.fail_entry(self.state_dir, self.inbox / name, reason)
+            target = state.fail_entry(
+                self.state_dir, self.inbox / name, reason, folder=parent_of(name)
+            )
         except OSError as exc:
-            log.error("%s: %s, and it could not be moved aside: %s", name, reason, exc)
+            log.error("%s: %s, and it could not be moved aside: %s", shown(name), reason, exc)
             return
-        log.warning("refused %s: %s (moved to %s)", name, reason, target)
+        log.warning("refused %s: %s (moved to %s)", shown(name), reason, target)
 
     def process(self) -> list[state.Claim]:
-        """Act on every complete entry; returns the claims made."""
+        """Act on every complete entry; returns the claims made.
+
+        Entries are relative paths: `x.jpg`, `visit/x.jpg`, `visit/` (see watcher.folders).
+        """
         now = time.monotonic()
         made = []
-        stems: dict[str, list[str]] = {}
+        self.folders.refresh()
+        stems: dict[tuple[str, str], list[str]] = {}
         for name, seen in self.seen.items():
             lower = name.lower()
             if seen.is_dir or (
                 lower.endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES) and not lower.endswith(MASK_SUFFIX)
             ):
-                stems.setdefault(image_stem(name), []).append(name)
+                stems.setdefault((parent_of(name), image_stem(name)), []).append(name)
         model_version = None
         for name in sorted(self.seen):
             entry = self.seen.get(name)
             if entry is None or entry.idle_until > now:
                 continue
-            info = self._complete(name, now)
+            if "/" in name and not self.folders.inside_batch(name):
+                continue  # a frame of a video folder (claimed with its folder), or undecided
+            info = self.tracker.complete(name, now) if not entry.is_dir else self._lstat(name)
             if info is None:
                 continue
-            kind, reason = classify(name, info)
+            kind, reason = classify(name_of(name), info)
             if kind is Kind.TEMP:
                 if time.time() - info.st_mtime > self.cfg.stale_part_s:
                     what = "partial upload" if name.lower().endswith(PART_SUFFIX) else "hidden file"
@@ -280,56 +118,109 @@ class Watcher:
             if kind is Kind.REFUSED:
                 self._refuse(name, reason)
                 continue
+            if kind is Kind.FOLDER:
+                if level(name) > self.cfg.max_depth:
+                    self._refuse(
+                        name,
+                        f"the folder is nested deeper than {self.cfg.max_depth} levels "
+                        "(watcher.max_depth); move it up",
+                    )
+                    continue
+                folder_kind = self.folders.kind(name)
+                if folder_kind is not FolderKind.FRAMES:
+                    entry.idle_until = now + self.cfg.settle_scan_s  # a batch: its files act
+                    continue
+                if self.tracker.complete(name, now) is None:
+                    continue  # a video's frames are claimed together, once the folder settled
+                if not frames_ready(self.inbox / name):
+                    entry.idle_until = now + self.cfg.settle_scan_s  # a writer is inside
+                    continue
             model_version = model_version or registry.current_version(self.config.paths.models)
-            if kind is Kind.FRAMES and not _frames_ready(self.inbox / name):
-                entry.idle_until = now + self.cfg.settle_scan_s  # empty, or a writer is inside
-                continue
-            if kind in (Kind.IMAGE, Kind.VIDEO, Kind.FRAMES):
-                mask = f"{image_stem(name)}{MASK_SUFFIX}"
+            folder = parent_of(name)
+            if kind in (Kind.IMAGE, Kind.VIDEO, Kind.FOLDER):
+                mask = f"{folder}/" if folder else ""
+                mask += f"{image_stem(name_of(name))}{MASK_SUFFIX}"
                 mask_path = None
                 if mask in self.seen:
-                    mask_info = self._complete(mask, now)
+                    mask_info = self.tracker.complete(mask, now)
                     if mask_info is None:
                         continue  # its mask is still being written: claim them together
-                    if classify(mask, mask_info)[0] is Kind.MASK:
+                    if classify(name_of(mask), mask_info)[0] is Kind.MASK:
                         mask_path = self.inbox / mask
-                made += self._claim(name, mask_path, model_version)
+                if kind is Kind.FOLDER:
+                    self.folders.forget(name)
+                made += self._claim(name, mask_path, model_version, folder=folder)
             elif kind is Kind.MASK:
-                stem = image_stem(name)
-                if stems.get(stem):
+                stem = image_stem(name_of(name))
+                if stems.get((folder, stem)):
                     continue  # its image is in the inbox: the image claims it
-                # Looking up an earlier image reads the claims in state/: once per rescan interval.
-                previous = claims.latest_for_stem(self.state_dir, stem)
+                previous = self.stems.latest(stem, folder)  # an index lookup, not a scan
                 if previous is None:
                     entry.idle_until = now + self.cfg.rescan_interval_s
+                    self._orphan_mask(name, info)
                     continue  # its image has not arrived yet
                 log.info(
                     "%s arrived after its image: segmenting %s again inside the region",
-                    name,
-                    previous.name,
+                    shown(name),
+                    shown(previous.name),
                 )
-                made += self._claim(previous, self.inbox / name, model_version, reuse=True)
+                made += self._claim(
+                    previous, self.inbox / name, model_version, reuse=True, folder=folder
+                )
         return made
 
+    def _orphan_mask(self, name: str, info: os.stat_result) -> None:
+        """A mask whose image has not come: say so once; fail it after watcher.orphan_mask_s."""
+        waited_s = time.time() - waiting.arrived_at(info)
+        if waited_s > self.cfg.orphan_mask_s:
+            self.waiting_masks.discard(name)
+            self._refuse(
+                name,
+                f"its image never arrived: waited {waited_s:.0f} s for an image named "
+                f"{image_stem(name_of(name))}.<jpg, png, ...> (watcher.orphan_mask_s = "
+                f"{self.cfg.orphan_mask_s:g}); drop the image, then the mask again",
+            )
+        elif name not in self.waiting_masks:
+            self.waiting_masks.add(name)
+            log.info(
+                "%s waits for its image (failed after %.0f s)", shown(name), self.cfg.orphan_mask_s
+            )
+
+    def _lstat(self, name: str) -> os.stat_result | None:
+        try:
+            return os.lstat(self.inbox / name)
+        except FileNotFoundError:
+            self.seen.pop(name, None)
+            return None
+
     def _claim(
-        self, image, mask: Path | None, model_version: str, reuse: bool = False
+        self, image, mask: Path | None, model_version: str, reuse: bool = False, folder: str = ""
     ) -> list[state.Claim]:
         image_path = image if reuse else self.inbox / image
         if not reuse:
             self.seen.pop(image, None)
         if mask is not None:
-            self.seen.pop(mask.name, None)
+            self.seen.pop(mask.relative_to(self.inbox).as_posix(), None)
         try:
-            made = claims.claim(self.state_dir, image_path, mask, model_version, reuse_image=reuse)
+            made = claims.claim(
+                self.state_dir,
+                image_path,
+                mask,
+                model_version,
+                reuse_image=reuse,
+                outbox=Path(self.config.paths.outbox),
+                folder=folder,
+            )
         except OSError as exc:
-            log.error("could not claim %s: %s", image_path, exc)
+            log.error("could not claim %s: %s", shown(image_path), exc)
             return []
         if made is None:
             return []
+        self.stems.add(made)
         log.info(
             "claimed %s%s as job %s",
-            made.image,
-            f" + {made.mask}" if made.mask else "",
+            shown(f"{folder}/{made.image}" if folder else made.image),
+            f" + {shown(made.mask)}" if made.mask else "",
             made.job_id,
         )
         self.pending_enqueue[made.job_id] = made
@@ -361,20 +252,15 @@ class Watcher:
                 made = state.read_claim(Path(entry.path))
             except (OSError, ValueError, TypeError):
                 continue
+            if made.job_id != entry.name and recovery.finish_rekey(Path(entry.path), made) is None:
+                continue
             try:
-                job = Job.fetch(
-                    made.job_id, connection=self.connection, serializer=queues.JSONSerializer
-                )
-                status = job.get_status(refresh=False)
+                if not recovery.needs_job(self.connection, self.config, made):
+                    continue
             except RedisError:
                 return count
-            except Exception:  # NoSuchJobError or an unreadable record
-                status = None
-            if status in (None, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-                if status is not None:
-                    job.delete()
-                self.pending_enqueue[made.job_id] = made
-                count += 1
+            self.pending_enqueue[made.job_id] = made
+            count += 1
         if count:
             log.info("reconciled: %d claimed jobs were not in Redis; enqueuing them again", count)
         self.enqueue_pending()
@@ -397,7 +283,8 @@ class Watcher:
             if not self._check_observer():
                 return EXIT_OBSERVER_DIED
             self.heartbeat()
-            self.drain_events()
+            self.beacon.maybe_beat()
+            self.tracker.drain_events()
             now = time.monotonic()
             if now - last_scan >= self.cfg.rescan_interval_s:
                 self.rescan()
@@ -409,6 +296,7 @@ class Watcher:
                 last_reconcile = now
             self.stop_requested.wait(TICK_S)
         self.notifier.stopping()
+        self.beacon.clear()
         return EXIT_OK
 
     def close(self) -> None:

@@ -1,5 +1,6 @@
-"""`python -m worker ...` is the `segd` command (used by `segd up` to start its processes)."""
+"""`python -m worker ...`: the `segd` command under its older name (kept for hosts without the
+console script, e.g. a bare GPU machine); `python -m segd` is the same."""
 
-from worker.cli import main
+from segd.cli import main
 
 main()

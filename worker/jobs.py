@@ -1,7 +1,7 @@
 """RQ job entry points. Orchestration only: find the claim, run the pipeline, move the claim
 (`segment`, `segment_video`), or hand a labelled folder to a training run (`train`).
 
-The functions here are the only ones segd workers will run (see `worker.queues.ALLOWED_CALLABLES`);
+The functions here are the only ones segd workers will run (see `common.queues.ALLOWED_CALLABLES`);
 their arguments are JSON values and are checked before use (job ids and file names only, never
 paths). The model lives in a process-wide `Runtime`, loaded once and reloaded between jobs when
 `models/current` names another version.
@@ -9,19 +9,20 @@ paths). The model lives in a process-wide `Runtime`, loaded once and reloaded be
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import traceback
 import uuid
 from pathlib import Path
 
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from worker import registry, state
-from worker.config import Config, load_config
-from worker.errors import BadInput, SegdError
+from common import attempts, registry, state
+from common.config import Config, load_config
+from common.errors import BadInput, SegdError
+from common.names import shown
+from worker import claimed, prefetch
+from worker.failures import on_unexpected
 
 log = logging.getLogger("segd.worker")
 
@@ -38,8 +39,8 @@ class Runtime:
 
     def segmenter(self):
         """The Segmenter for the current model version; (re)loads it when `models/current` changed."""
-        from worker.model import SamModel  # deferred: torch and sam2 load only in workers
-        from worker.segmenter import Segmenter
+        from worker.image.segmenter import Segmenter
+        from worker.models.sam import SamModel  # deferred: torch and sam2 load only in workers
 
         stamp = registry.current_stamp(self.config.paths.models)
         if self._segmenter is not None and stamp == self._stamp:
@@ -67,7 +68,7 @@ class Runtime:
         """The video Tracker for the current model: SAM2's video predictor built on the first
         video job from the resident model's weights (shared, not loaded again), rebuilt when the
         model is reloaded."""
-        from worker.video import Tracker
+        from worker.video.tracker import Tracker
 
         segmenter = self.segmenter()
         if self._tracker is None or self._tracker.segmenter is not segmenter:
@@ -93,65 +94,81 @@ def runtime() -> Runtime:
     return _runtime
 
 
-def _newer_result_exists(outbox: Path, stem: str, seq: int) -> bool:
-    """True when outbox/<stem>/ already holds the result of a later claim (a later mask)."""
-    try:
-        manifest = json.loads((outbox / stem / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return int(manifest.get("claim_seq") or 0) > seq
-
-
 def segment(job_id: str, image: str, mask: str | None = None) -> dict:
-    """Segment the claimed image of job `job_id` and publish outbox/<stem>/.
+    """Segment the claimed image of job `job_id` and publish outbox/<folder>/<stem>/ (the claim's
+    inbox folder, mirrored; see worker.image.placement for names already taken).
 
     A bad input ends in state/failed/<job_id>/ at once (retrying cannot help); an unexpected
-    error is retried by RQ and, after the last attempt, ends there too with its traceback.
+    error is retried by RQ (transient trouble with back-off, see worker.failures) and, after the
+    last attempt, ends there too with its traceback; an input the worker died on more than
+    `worker.retries` times ends there without running again.
     """
-    from worker.pipeline import segment_file  # deferred: the trainer process stays torch-free
+    from worker.image.pipeline import segment_file  # deferred: the trainer process stays torch-free
 
     rt = runtime()
     cfg = rt.config
-    claim_dir = state.folder(cfg.paths.state, state.CLAIMED, job_id)
-    if not claim_dir.is_dir():
-        for kind in (state.DONE, state.FAILED):
-            if state.folder(cfg.paths.state, kind, job_id).is_dir():
-                return {"status": kind, "note": "already handled"}
-        raise FileNotFoundError(f"job {job_id}: no claim in {claim_dir.parent}")
-    claim = state.read_claim(claim_dir)
+    _check_names(job_id, image, mask)  # untrusted arguments: before any file is touched
+    overlap = prefetch.prefetcher()
+    overlap.settle()  # the model may be reloaded next: never under a running prefetch
+    segmenter = rt.segmenter()  # first: the claim is filed under the version that runs
+    job = get_current_job()
+    started = claimed.start(cfg, job_id, rt.model_version or registry.BASE, _worker_name(job))
+    if isinstance(started, dict):
+        return started
+    job_id, claim_dir, claim = started.job_id, started.folder, started.claim
     image_path = state.safe_member(claim_dir, image)
+    if image_path is None:
+        raise BadInput(claim_dir, f"the claim names no usable input file ({image!r})")
     mask_path = state.safe_member(claim_dir, mask)
     try:
-        if _newer_result_exists(Path(cfg.paths.outbox), claim.stem, claim.seq):
-            log.info(
-                "%s: a newer result (a later mask) is already published; not overwriting it", image
-            )
-            folder = Path(cfg.paths.outbox) / claim.stem
-        else:
-            folder = segment_file(
-                rt.segmenter(),
-                image_path,
-                mask_path,
-                cfg.paths.outbox,
-                job_id=job_id,
-                claim_seq=claim.seq,
-            )
+        prepared, segmenter = overlap.take(job_id, image_path, mask_path, rt.segmenter)
+        folder = segment_file(
+            segmenter,
+            image_path,
+            mask_path,
+            cfg.paths.outbox,
+            job_id=job_id,
+            claim_seq=claim.seq,
+            folder=claim.folder,
+            expected_sha256=(claim.image_sha256, claim.mask_sha256),
+            # The next queued image is decoded and segmented while this one is written.
+            prepared=prepared,
+            before_write=(
+                (lambda: overlap.start_next(job.connection, cfg, segmenter))
+                if job is not None and cfg.worker.prefetch
+                else None
+            ),
+        )
     except BadInput as exc:
         state.fail(cfg.paths.state, job_id, exc.reason)
-        log.warning("failed %s: %s", image, exc.reason)
+        log.warning("failed %s: %s", shown(image), exc.reason)
         return {"status": "failed", "reason": str(exc)}
     except Exception as exc:
-        job = get_current_job()
-        if job is None or not job.retries_left:
-            state.fail(
-                cfg.paths.state,
-                job_id,
-                f"internal error: {type(exc).__name__}: {exc}",
-                detail=traceback.format_exc(),
-            )
+        _ended_with_error(cfg, job, job_id, claim_dir, shown(image), exc)
         raise
-    state.finish(cfg.paths.state, job_id)
-    return {"status": "done", "result": str(folder)}
+    state.finish(cfg.paths.state, job_id, model_version=rt.model_version)
+    return {"status": "done", "result": str(folder), "job_id": job_id}
+
+
+def _check_names(job_id: str, image: str, mask: str | None) -> None:
+    """ValueError for a job id that is not one, or a file name with a separator."""
+    claim_dir = state.folder(".", state.CLAIMED, job_id)
+    state.safe_member(claim_dir, image)
+    state.safe_member(claim_dir, mask)
+
+
+def _worker_name(job) -> str:
+    return (job.worker_name if job is not None else None) or "local"
+
+
+def _ended_with_error(
+    cfg: Config, job, job_id: str, claim_dir: Path, name: str, exc: Exception
+) -> None:
+    """An unexpected error (not a death of the worker): RQ retries it, transient trouble with
+    back-off (worker.failures), or the input ends in state/failed/ with the traceback. A run
+    that is retried is ended in the claim's attempts, so it never counts as a death."""
+    if on_unexpected(cfg, job, job_id, name, exc):
+        attempts.end(claim_dir)
 
 
 class _MetaReporter:
@@ -159,7 +176,8 @@ class _MetaReporter:
     show), saved at most once a second and at every phase change or validation."""
 
     def __init__(self, job, interval_s: float = 1.0):
-        self.job, self.interval_s, self._saved, self._last = job, interval_s, 0.0, {}
+        self.job, self.interval_s, self._saved = job, interval_s, 0.0
+        self._last: dict[str, object] = {}
 
     def __call__(self, info: dict) -> None:
         if self.job is None:
@@ -186,7 +204,7 @@ def train(dataset: str, steps: int | None = None, run: str | None = None, **opti
     job id), so a retried job resumes where it crashed. Bad datasets and options fail at once,
     without retries; the summary (version, promoted, mIoU before/after) is the job's result.
     """
-    from worker.finetune import run_training  # deferred: torch loads only in the trainer's runs
+    from worker.training.run import run_training  # deferred: torch loads only in the trainer's runs
 
     job = get_current_job()
     if steps is not None:
@@ -231,54 +249,50 @@ def _report_progress(job, min_interval_s: float = 1.0):
 
 def segment_video(job_id: str, video: str, mask: str | None = None) -> dict:
     """Segment the first frame of the claimed video (file or frame folder) of job `job_id`, track
-    its objects through the video and publish outbox/<stem>/. Progress goes to the job's meta.
+    its objects through the video and publish outbox/<folder>/<stem>/. Progress goes to the job's meta.
 
     Failures end as for images: a bad input in state/failed/<job_id>/ at once, an unexpected error
-    there after RQ's last retry.
+    there after RQ's last retry, an input the worker died on too often without running again.
     """
-    from worker.video_pipeline import segment_video_file
+    from worker.video.pipeline import segment_video_file
 
+    prefetch.prefetcher().drain_all()  # the model and the memory are this job's alone
     rt = runtime()
     cfg = rt.config
-    claim_dir = state.folder(cfg.paths.state, state.CLAIMED, job_id)
-    if not claim_dir.is_dir():
-        for kind in (state.DONE, state.FAILED):
-            if state.folder(cfg.paths.state, kind, job_id).is_dir():
-                return {"status": kind, "note": "already handled"}
-        raise FileNotFoundError(f"job {job_id}: no claim in {claim_dir.parent}")
-    claim = state.read_claim(claim_dir)
-    video_path = state.safe_member(claim_dir, video)
-    mask_path = state.safe_member(claim_dir, mask)
+    _check_names(job_id, video, mask)  # untrusted arguments: before any file is touched
+    tracker = rt.tracker()  # first: the claim is filed under the version that runs
     job = get_current_job()
+    started = claimed.start(cfg, job_id, rt.model_version or registry.BASE, _worker_name(job))
+    if isinstance(started, dict):
+        return started
+    job_id, claim_dir, claim = started.job_id, started.folder, started.claim
+    video_path = state.safe_member(claim_dir, video)
+    if video_path is None:
+        raise BadInput(claim_dir, f"the claim names no usable input file ({video!r})")
+    mask_path = state.safe_member(claim_dir, mask)
     try:
-        if _newer_result_exists(Path(cfg.paths.outbox), claim.stem, claim.seq):
-            log.info("%s: a newer result is already published; not overwriting it", video)
-            folder = Path(cfg.paths.outbox) / claim.stem
-        else:
-            folder = segment_video_file(
-                rt.tracker(),
-                video_path,
-                mask_path,
-                cfg.paths.outbox,
-                job_id=job_id,
-                claim_seq=claim.seq,
-                progress=_report_progress(job),
-            )
+        claimed.check_unchanged(video_path, claim.image_sha256)
+        if mask_path is not None:
+            claimed.check_unchanged(mask_path, claim.mask_sha256)
+        folder = segment_video_file(
+            tracker,
+            video_path,
+            mask_path,
+            cfg.paths.outbox,
+            job_id=job_id,
+            claim_seq=claim.seq,
+            progress=_report_progress(job),
+            folder=claim.folder,
+        )
     except BadInput as exc:
         reason = exc.reason
         if Path(exc.path) != video_path:  # a frame inside a folder, or the mask: say which
             reason = f"{Path(exc.path).relative_to(claim_dir)}: {exc.reason}"
         state.fail(cfg.paths.state, job_id, reason)
-        log.warning("failed %s: %s", video, exc)
+        log.warning("failed %s: %s", shown(video), exc)
         return {"status": "failed", "reason": str(exc)}
     except Exception as exc:
-        if job is None or not job.retries_left:
-            state.fail(
-                cfg.paths.state,
-                job_id,
-                f"internal error: {type(exc).__name__}: {exc}",
-                detail=traceback.format_exc(),
-            )
+        _ended_with_error(cfg, job, job_id, claim_dir, shown(video), exc)
         raise
-    state.finish(cfg.paths.state, job_id)
-    return {"status": "done", "result": str(folder)}
+    state.finish(cfg.paths.state, job_id, model_version=rt.model_version)
+    return {"status": "done", "result": str(folder), "job_id": job_id}
