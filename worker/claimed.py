@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from common import attempts, jobids, state
@@ -39,11 +40,18 @@ def _sha(path: Path) -> str:
     return jobids.folder_sha256(path) if path.is_dir() else jobids.file_sha256(path)
 
 
-def start(config: Config, job_id: str, model_version: str, worker: str) -> Started | dict:
+def start(
+    config: Config,
+    job_id: str,
+    model_version: str,
+    worker: str,
+    after_deaths: Callable[[state.Claim], None] | None = None,
+) -> Started | dict:
     """Prepare claim `job_id` to run with `model_version` by `worker`. Returns the Started claim,
     or the job's result when it must not run: already handled, a duplicate of a claim queued under
     the version that runs, or an input the worker died on more than `worker.retries` times
-    (moved to state/failed/)."""
+    (moved to state/failed/). `after_deaths(claim)` runs first when earlier runs of the claim
+    died (to clear what they left half-written; no run of it is live then)."""
     state_dir = config.paths.state
     claim_dir = state.folder(state_dir, state.CLAIMED, job_id)
     if not claim_dir.is_dir():
@@ -53,6 +61,8 @@ def start(config: Config, job_id: str, model_version: str, worker: str) -> Start
         raise FileNotFoundError(f"job {job_id}: no claim in {claim_dir.parent}")
     claim = state.read_claim(claim_dir)
     died = attempts.deaths(claim_dir)
+    if died and after_deaths is not None:
+        after_deaths(claim)
     reason = attempts.exhausted_reason(died, config.worker.retries)
     if reason is not None:
         state.fail(state_dir, job_id, reason)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -23,6 +24,7 @@ from common.errors import BadInput, SegdError
 from common.names import shown
 from worker import claimed, prefetch
 from worker.failures import on_unexpected
+from worker.image import placement
 
 log = logging.getLogger("segd.worker")
 
@@ -112,7 +114,9 @@ def segment(job_id: str, image: str, mask: str | None = None) -> dict:
     overlap.settle()  # the model may be reloaded next: never under a running prefetch
     segmenter = rt.segmenter()  # first: the claim is filed under the version that runs
     job = get_current_job()
-    started = claimed.start(cfg, job_id, rt.model_version or registry.BASE, _worker_name(job))
+    started = claimed.start(
+        cfg, job_id, rt.model_version or registry.BASE, _worker_name(job), _dead_writes(cfg)
+    )
     if isinstance(started, dict):
         return started
     job_id, claim_dir, claim = started.job_id, started.folder, started.claim
@@ -148,6 +152,24 @@ def segment(job_id: str, image: str, mask: str | None = None) -> dict:
         raise
     state.finish(cfg.paths.state, job_id, model_version=rt.model_version)
     return {"status": "done", "result": str(folder), "job_id": job_id}
+
+
+def _dead_writes(cfg: Config) -> Callable[[state.Claim], None]:
+    """What `claimed.start` calls for a claim whose earlier runs died: remove the result folders
+    they were writing (hidden temp folders in the outbox, up to a whole video's frames)."""
+
+    def remove(claim: state.Claim) -> None:
+        parent = placement.mirrored(Path(cfg.paths.outbox), claim.folder)
+        removed = placement.remove_dead_temps(parent, claim.seq) if parent is not None else []
+        if removed:
+            log.info(
+                "%s: removed %d half-written result folder(s) of a run that died (%s)",
+                shown(claim.image),
+                len(removed),
+                ", ".join(removed),
+            )
+
+    return remove
 
 
 def _check_names(job_id: str, image: str, mask: str | None) -> None:
@@ -262,7 +284,9 @@ def segment_video(job_id: str, video: str, mask: str | None = None) -> dict:
     _check_names(job_id, video, mask)  # untrusted arguments: before any file is touched
     tracker = rt.tracker()  # first: the claim is filed under the version that runs
     job = get_current_job()
-    started = claimed.start(cfg, job_id, rt.model_version or registry.BASE, _worker_name(job))
+    started = claimed.start(
+        cfg, job_id, rt.model_version or registry.BASE, _worker_name(job), _dead_writes(cfg)
+    )
     if isinstance(started, dict):
         return started
     job_id, claim_dir, claim = started.job_id, started.folder, started.claim

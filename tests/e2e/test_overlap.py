@@ -86,6 +86,8 @@ def test_a_worker_killed_while_writing_one_result_and_prefetching_the_next_loses
     for stem in results:
         assert sorted(p.name for p in (service.outbox / stem).iterdir()) == sorted(RESULT_FILES)
         assert results[stem]["input"]["name"] == f"{stem}.jpg"
+    # The rerun of the claim whose write was cut removed the temp folder the kill left there.
+    assert [e.name for e in service.outbox.iterdir() if e.name.startswith(".")] == []
     # The restarted namesake or the watcher's reconcile (whichever notices first) re-enqueues it.
     assert "died during job" in service.log("worker") + service.log("watch")
     assert "prefetched while the previous result was written" in service.log("worker")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import threading
 import time
 
@@ -209,3 +210,30 @@ def test_segment_video_refuses_arguments_that_are_not_job_ids_or_plain_names(
             jobs.segment_video("b" * 32, "../x.mp4")
     finally:
         jobs.install_runtime(None)
+
+
+def test_a_worker_killed_mid_video_leaves_no_half_written_frames_after_the_rerun(service, data_dir):
+    """SIGKILL the worker while it writes a video's frames (its hidden temp folder holds some
+    index maps): after a restart the video is tracked again from the start and published whole,
+    and the rerun removed the dead run's temp folder, so no frames of it stay in the outbox."""
+    service.start("watch")
+    worker = service.start("worker")
+    shutil.copy(data_dir / "bedroom.mp4", service.inbox / "bedroom.mp4")
+
+    def frames_written() -> int:
+        return sum(
+            len(list((entry / "index").glob("*.png")))
+            for entry in service.outbox.iterdir()
+            if entry.name.startswith(".tmp-") and (entry / "index").is_dir()
+        )
+
+    service.wait_for(lambda: frames_written() >= 3, timeout=300, what="frames being written")
+    service.stop("worker", sig=signal.SIGKILL)
+    assert worker.poll() is not None and frames_written() >= 3  # the dead run's half
+    assert service.folders("done") == [] and len(service.folders("claimed")) == 1
+    service.start("worker")
+    service.wait_for(lambda: len(service.folders("done")) == 1, timeout=300, what="the rerun")
+
+    assert [e.name for e in service.outbox.iterdir()] == ["bedroom"]
+    assert len(read_index_maps(service.outbox / "bedroom")) == 30
+    assert "removed 1 half-written result folder(s) of a run that died" in service.log("worker")

@@ -4,9 +4,11 @@ import shutil
 
 import pytest
 
-from common import registry
+from common import attempts, registry, state
 from tests.conftest import tiny_config
+from tests.service_helpers import picture
 from worker import jobs
+from worker.image import placement
 
 
 def test_the_runtime_reloads_the_model_when_models_current_changes(tmp_path, tiny_checkpoint):
@@ -46,3 +48,53 @@ def test_segment_refuses_arguments_that_are_not_job_ids_or_plain_names(tmp_path,
             jobs.segment("a" * 32, "../x.jpg")
     finally:
         jobs.install_runtime(None)
+
+
+def test_a_rerun_after_a_death_mid_write_removes_the_half_written_result_it_left(tmp_path):
+    """A worker killed while writing a result leaves its hidden temp folder in the outbox (named
+    for the claim). When the claim runs again, its job removes that folder before it segments:
+    no half-written results pile up in the outbox after crashes. Temp folders of other claims
+    and of `segd segment` are left alone."""
+    config = tiny_config(tmp_path, SEGD_SAMPLING__MODE="random", SEGD_SAMPLING__POINTS="8")
+    job_id, seq = "b" * 32, 1765000000123456789
+    claim_dir = tmp_path / "state" / "claimed" / job_id
+    claim_dir.mkdir(parents=True)
+    (claim_dir / "visit.jpg").write_bytes(picture(3))
+    made = state.Claim(job_id, "visit", "visit.jpg", None, "base", "t", seq, folder="site a/day 1")
+    state.write_claim(claim_dir, made)
+    attempts.begin(claim_dir, "gpu-0")  # a run that never ended: its worker died
+
+    parent = tmp_path / "outbox" / "site a" / "day 1"
+    dead = placement.temp_folder(parent / "visit", seq)
+    other = placement.temp_folder(parent / "visit", seq + 1)  # another claim's, being written
+    segment_cli = placement.temp_folder(parent / "visit")
+    for folder in (dead, other, segment_cli):
+        folder.mkdir(parents=True)
+        (folder / "index.png").write_bytes(b"half")
+    assert (
+        dead.name.startswith(f".tmp-{seq}-")
+        and placement.mirrored(tmp_path / "outbox", "site a/day 1") == parent
+    )
+
+    jobs.install_runtime(jobs.Runtime(config))
+    try:
+        outcome = jobs.segment(job_id, "visit.jpg")
+    finally:
+        jobs.install_runtime(None)
+    assert outcome["status"] == "done"
+    assert sorted(p.name for p in parent.iterdir()) == sorted(
+        ["visit", other.name, segment_cli.name]
+    )
+    assert (parent / "visit" / "manifest.json").is_file()
+
+
+def test_mirrored_finds_the_outbox_folder_of_an_inbox_folder_without_creating_one(tmp_path):
+    """`mirrored` follows `mirror`'s rule (a name a result holds becomes name~2) read-only."""
+    out = tmp_path / "outbox"
+    assert placement.mirrored(out, "trip") is None and not out.exists()
+    (out / "trip").mkdir(parents=True)
+    (out / "trip" / "manifest.json").write_text("{}")  # a result named trip holds the name
+    assert placement.mirrored(out, "trip") is None
+    made = placement.mirror(out, "trip/day 2")
+    assert made == out / "trip~2" / "day 2"
+    assert placement.mirrored(out, "trip/day 2") == made and placement.mirrored(out, "") == out

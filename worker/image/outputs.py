@@ -6,7 +6,8 @@
     <outbox>/<stem>/segments.json  per id: score, stability, area, bbox, prompt point, COCO RLE
     <outbox>/<stem>/manifest.json  written last: job id, input sha256, model, settings, timings
 
-Publication: every file is fsynced in `<outbox>/.tmp-<token>/`, then the folder takes
+Publication: every file is fsynced in a hidden temp folder beside the final one
+(`<outbox>/.tmp-<claim seq>-<token>/`, worker.image.placement.temp_folder), then the folder takes
 the final name in one atomic step (an exchange with the previous result when there is one, so
 readers see the old result or the new one, never half of either, and never a gap). Which folder
 (`<stem>`, or `<stem>~2` when a different picture holds it) and whether a newer result (a later
@@ -38,7 +39,7 @@ from common.config import OutputsConfig
 from common.durable import fsync_dir, write_bytes
 from worker.image import encoding
 from worker.image.encoding import rle_from_index_map
-from worker.image.placement import locked
+from worker.image.placement import TMP_PREFIX, locked, temp_folder
 from worker.image.segmenter import Segmentation
 
 INDEX_FILE = "index.png"
@@ -47,7 +48,6 @@ OVERLAY_FILE = "overlay.jpg"
 SEGMENTS_FILE = "segments.json"
 MANIFEST_FILE = "manifest.json"
 RESULT_FILES = (INDEX_FILE, COLOR_FILE, OVERLAY_FILE, SEGMENTS_FILE, MANIFEST_FILE)
-TMP_PREFIX = ".tmp-"
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -230,7 +230,7 @@ def write_result(
     there; returns the folder.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{TMP_PREFIX}{secrets.token_hex(8)}")  # never the name: NAME_MAX
+    tmp = temp_folder(final, manifest.get("claim_seq"))
     tmp.mkdir()
     started = time.perf_counter()
 

@@ -14,6 +14,10 @@ itself (`locked`; no lock file is left in the outbox), held by every publisher (
 workers, `segd segment`, any host sharing a local outbox), so two workers finishing pictures of
 the same stem at once cannot take the same folder, and an older claim never replaces a newer
 claim's result.
+
+A result is written in a hidden temp folder beside its final name first (`temp_folder`):
+`.tmp-<claim seq>-<token>/` for a claimed input, so the next run of a claim whose worker died
+while writing finds and removes what that run left (`remove_dead_temps`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,6 +38,7 @@ from common.published import read_manifest as _manifest
 
 log = logging.getLogger("segd.worker")
 FALLBACK_LOCK_FILE = ".publish.lock"  # only where a folder itself cannot be flocked
+TMP_PREFIX = ".tmp-"  # results being written; input names cannot start with '.'
 
 
 @contextlib.contextmanager
@@ -69,6 +76,49 @@ def mirror(out_root: Path, folder: str) -> Path:
                     break  # the mirror of this folder already
         current = path
     return current
+
+
+def mirrored(out_root: Path, folder: str) -> Path | None:
+    """The outbox folder mirroring inbox folder `folder` as `mirror` finds it, without creating
+    or locking anything; None when there is none yet."""
+    current = out_root
+    for part in relative_parts(folder):
+        for name in candidates(part):
+            path = current / name
+            if not os.path.lexists(path):
+                return None
+            if path.is_dir() and not path.is_symlink() and _manifest(path) is None:
+                break
+        current = path
+    return current
+
+
+def temp_folder(final: Path, claim_seq: int | None = None) -> Path:
+    """The hidden folder beside `final` that its result is written in before publication:
+    `.tmp-<claim seq>-<token>` for a claimed input (see `remove_dead_temps`), `.tmp-<token>`
+    otherwise (`segd segment`). Never the input's name, which may be up to NAME_MAX long."""
+    token = secrets.token_hex(8)
+    return final.with_name(
+        f"{TMP_PREFIX}{token}" if claim_seq is None else f"{TMP_PREFIX}{int(claim_seq)}-{token}"
+    )
+
+
+def remove_dead_temps(parent: Path, claim_seq: int) -> list[str]:
+    """Remove the temp folders that earlier runs of claim `claim_seq` left in `parent` (their
+    worker died while writing the result: a SIGKILL, the OOM killer, a power cut). Call it only
+    where no other run of that claim can be live: at the start of the claim's own job, after a
+    death was counted. Returns the names removed (one listing of `parent`)."""
+    prefix = f"{TMP_PREFIX}{int(claim_seq)}-"
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(prefix)]
+    except OSError:
+        return []
+    removed: list[str] = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 def choose(parent: Path, stem: str, sha256: str) -> tuple[Path, dict | None]:

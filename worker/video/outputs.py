@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ import numpy as np
 
 from common.config import OutputsConfig
 from common.durable import fsync_dir, write_bytes
-from worker.image.outputs import TMP_PREFIX, color_map, overlay, publish, swap_in
+from worker.image.outputs import color_map, overlay, publish, swap_in
+from worker.image.placement import temp_folder
 
 INDEX_DIR = "index"
 COLOR_VIDEO = "color.mp4"
@@ -80,11 +80,18 @@ class Track:
 class VideoResultWriter:
     """Writes one video's results frame by frame; `publish` makes them visible at once."""
 
-    def __init__(self, final: Path, frame_hw: tuple[int, int], fps: float, cfg: OutputsConfig):
+    def __init__(
+        self,
+        final: Path,
+        frame_hw: tuple[int, int],
+        fps: float,
+        cfg: OutputsConfig,
+        claim_seq: int | None = None,
+    ):
         final.parent.mkdir(parents=True, exist_ok=True)
         self.final = final
         self.cfg = cfg
-        self.tmp = final.with_name(f"{TMP_PREFIX}{secrets.token_hex(8)}")  # never the name
+        self.tmp = temp_folder(final, claim_seq)  # a later run removes it if this one dies
         (self.tmp / INDEX_DIR).mkdir(parents=True)
         height, width = frame_hw
         self.video = cv2.VideoWriter(

@@ -54,7 +54,7 @@ def segment_video_file(
         region = decode.decode_region_mask(mask_file, source.frame_hw, cfg.inputs.max_pixels)
     total = source.expected_frames
 
-    writer = VideoResultWriter(final, source.frame_hw, source.fps, cfg.outputs)
+    writer = VideoResultWriter(final, source.frame_hw, source.fps, cfg.outputs, claim_seq)
     timings = {"track": 0.0, "write": 0.0}
     objects_seeded = 0
     try:
