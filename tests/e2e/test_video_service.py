@@ -105,6 +105,7 @@ def test_a_frame_folder_copied_file_by_file_is_claimed_only_when_complete(servic
     """A folder whose frames arrive one by one (pauses shorter than the settle time) becomes one
     video job over all its frames; its mask, named after the folder, applies to the first frame."""
     service.env["SEGD_VIDEO__RESEED_EVERY"] = "0"
+    service.env["SEGD_WATCHER__SETTLE_SCAN_S"] = "3.0"  # a busy CI host may pause a copy for 1 s
     service.start("watch")
     service.start("worker")
     frames = moving_square_frames(8)
@@ -118,7 +119,7 @@ def test_a_frame_folder_copied_file_by_file_is_claimed_only_when_complete(servic
         for i, frame in enumerate(frames):
             Image.fromarray(frame).save(tmp_path / f"{i:03d}.png")
             shutil.move(tmp_path / f"{i:03d}.png", folder / f"{i:03d}.png")
-            time.sleep(0.4)  # below the service's settle_scan_s (1.0 s)
+            time.sleep(0.4)  # well below the settle time
 
     writer = threading.Thread(target=copy_slowly)
     writer.start()
