@@ -17,7 +17,7 @@ MASK_SUFFIX = ".mask.png"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv")
 # A name is at most 250 bytes of UTF-8: the file systems' limit (NAME_MAX, 255 bytes) less room
 # for the one thing segd adds to a name it publishes, a collision suffix (`~2` ... `~9999`). segd's
-# temp names (`.tmp-<token>`, `.upload-<token>.part`) never embed the input's name.
+# temp names (`.tmp-<claim seq>-<token>`, `.upload-<token>.part`) never embed the input's name.
 MAX_NAME_BYTES = 250
 # SAM2's video loader reads folders of frames named by integers (00000.jpg, 00001.jpg, ...).
 FRAME_NAME = re.compile(r"^[0-9]+$")
