@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 
 from rq import SimpleWorker
 from rq.job import Job, JobStatus
@@ -20,6 +21,7 @@ from rq.serializers import JSONSerializer
 from common import attempts, liveness, queues, state
 from common.config import Config
 from common.errors import SegdError
+from worker.image import placement
 from worker.service.heartbeat import Heartbeat
 
 log = logging.getLogger("segd.worker")
@@ -98,9 +100,14 @@ def requeue(connection, config: Config, job_id: str, why: str) -> None:
     claim_dir = state.folder(config.paths.state, state.CLAIMED, job_id)
     if not claim_dir.is_dir():
         return
+    claim = state.read_claim(claim_dir)
     reason = attempts.fail_if_exhausted(config.paths.state, job_id, config.worker.retries)
     if reason is not None:
         log.error("%s; failed it: %s", why, reason)
+        # No run of it comes again to remove what the dead one was writing: do it here.
+        parent = placement.mirrored(Path(config.paths.outbox), claim.folder)
+        if parent is not None:
+            placement.remove_dead_temps(parent, claim.seq)
         return
     queues.enqueue_claim(connection, state.read_claim(claim_dir), config)
     log.warning(
