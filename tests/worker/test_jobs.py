@@ -71,10 +71,7 @@ def test_a_rerun_after_a_death_mid_write_removes_the_half_written_result_it_left
     for folder in (dead, other, segment_cli):
         folder.mkdir(parents=True)
         (folder / "index.png").write_bytes(b"half")
-    assert (
-        dead.name.startswith(f".tmp-{seq}-")
-        and placement.mirrored(tmp_path / "outbox", "site a/day 1") == parent
-    )
+    assert dead.name.startswith(f".tmp-{seq}-")
 
     jobs.install_runtime(jobs.Runtime(config))
     try:
@@ -86,15 +83,3 @@ def test_a_rerun_after_a_death_mid_write_removes_the_half_written_result_it_left
         ["visit", other.name, segment_cli.name]
     )
     assert (parent / "visit" / "manifest.json").is_file()
-
-
-def test_mirrored_finds_the_outbox_folder_of_an_inbox_folder_without_creating_one(tmp_path):
-    """`mirrored` follows `mirror`'s rule (a name a result holds becomes name~2) read-only."""
-    out = tmp_path / "outbox"
-    assert placement.mirrored(out, "trip") is None and not out.exists()
-    (out / "trip").mkdir(parents=True)
-    (out / "trip" / "manifest.json").write_text("{}")  # a result named trip holds the name
-    assert placement.mirrored(out, "trip") is None
-    made = placement.mirror(out, "trip/day 2")
-    assert made == out / "trip~2" / "day 2"
-    assert placement.mirrored(out, "trip/day 2") == made and placement.mirrored(out, "") == out

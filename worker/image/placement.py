@@ -78,21 +78,6 @@ def mirror(out_root: Path, folder: str) -> Path:
     return current
 
 
-def mirrored(out_root: Path, folder: str) -> Path | None:
-    """The outbox folder mirroring inbox folder `folder` as `mirror` finds it, without creating
-    or locking anything; None when there is none yet."""
-    current = out_root
-    for part in relative_parts(folder):
-        for name in candidates(part):
-            path = current / name
-            if not os.path.lexists(path):
-                return None
-            if path.is_dir() and not path.is_symlink() and _manifest(path) is None:
-                break
-        current = path
-    return current
-
-
 def temp_folder(final: Path, claim_seq: int | None = None) -> Path:
     """The hidden folder beside `final` that its result is written in before publication:
     `.tmp-<claim seq>-<token>` for a claimed input (see `remove_dead_temps`), `.tmp-<token>`

@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from common import attempts, liveness, queues, state
+from common import attempts, liveness, published, queues, state
 from common.config import Config
 from common.errors import SegdError
 from worker.image import placement
@@ -105,7 +105,7 @@ def requeue(connection, config: Config, job_id: str, why: str) -> None:
     if reason is not None:
         log.error("%s; failed it: %s", why, reason)
         # No run of it comes again to remove what the dead one was writing: do it here.
-        parent = placement.mirrored(Path(config.paths.outbox), claim.folder)
+        parent = published.mirrored(Path(config.paths.outbox), claim.folder)
         if parent is not None:
             placement.remove_dead_temps(parent, claim.seq)
         return
