@@ -4,10 +4,14 @@ A claim is two renames: the files go first into a private `claimed/.incoming-<to
 (after which no writer can touch them), are hashed there, and the folder then takes its final
 name, the job id (input bytes + mask bytes + model version). If that job already exists (the same
 file dropped twice), the copy is kept under the existing job's `duplicates/` and nothing is
-enqueued, unless the outbox holds another model version's result for it (a re-drop after a
-promotion or a rollback is segmented again). All renames stay inside one file system, so an input
-is never in two places, and each is made durable (`common.durable.durable_rename`) before the next
-step relies on it.
+enqueued, unless that job is done and the outbox holds no result of this input under the copy's
+own folder and name (the same picture under another name or in another folder gets its own
+result: the outbox mirrors the inbox), or only another model version's (a re-drop after a
+promotion or a rollback): then it is segmented again. A copy for another folder or name that
+arrives while its job is still claimed is a `Twin`: it waits, hashed, in its incoming folder
+until that job has left claimed/, and is then settled again (`settle_twin`). All renames stay
+inside one file system, so an input is never in two places, and each is made durable
+(`common.durable.durable_rename`) before the next step relies on it.
 
 A writer can keep writing through a descriptor it opened before the rename: size and mtime are
 compared before and after hashing, and a file that changed is put back in the inbox, unclaimed.
@@ -20,15 +24,28 @@ import os
 import secrets
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import jobids, names, published, state
 from common.durable import durable_rename, fsync_dir
-from common.names import image_stem
+from common.names import image_stem, shown
 
 log = logging.getLogger("segd.watcher")
 INCOMING_PREFIX = ".incoming-"
 FOLDER_HINT = ".folder"  # in an incoming folder: the input's inbox folder, for recover_incoming
+
+
+@dataclass(frozen=True)
+class Twin:
+    """An input with the bytes of job `holder`, which is still being segmented for another
+    folder or name: it waits in `incoming` (hashed, its claim.json written) until `holder` has
+    left claimed/, then `settle_twin` claims it for a result of its own (or files it as a
+    duplicate, if by then one is published under its name)."""
+
+    incoming: Path
+    holder: str
+    claim: state.Claim
 
 
 def _sha256(path: Path) -> str:
@@ -96,14 +113,15 @@ def claim(
     reuse_image: bool = False,
     outbox: Path | None = None,
     folder: str = "",
-) -> state.Claim | None:
-    """Claim an image (and its mask). Returns the new Claim, or None for a duplicate or a file
-    that changed while it was hashed (put back in the inbox: its writer is not done).
+) -> state.Claim | Twin | None:
+    """Claim an image (and its mask). Returns the new Claim, a Twin that waits, or None for a
+    duplicate or a file that changed while it was hashed (put back in the inbox: its writer is
+    not done).
 
     reuse_image: `image` lives in state/ already (a mask arriving after its image was processed):
     it is hard-linked (or copied) into the new claim instead of moved.
-    outbox: where results are published; a done job whose stem's published result was made by
-    another model version is not a duplicate.
+    outbox: where results are published (None: every copy of a job's bytes is a duplicate);
+    see the module's docstring for when the same bytes are segmented again.
     folder: the inbox folder the image came from (relative, '' = the inbox itself).
     """
     claimed_root = state_dir / state.CLAIMED
@@ -168,9 +186,9 @@ def settle_incoming(
     shas: tuple[str, str | None] | None = None,
     outbox: Path | None = None,
     folder: str = "",
-) -> state.Claim | None:
-    """Hash an incoming folder (unless `shas` gives the hashes) and give it its job id (or file
-    it as a duplicate)."""
+) -> state.Claim | Twin | None:
+    """Hash an incoming folder (unless `shas` gives the hashes) and give it its job id, file it
+    as a duplicate (None), or let it wait for its twin (a Twin)."""
     if shas is None:
         shas = (_sha256(incoming / image), _sha256(incoming / mask) if mask else None)
     image_sha, mask_sha = shas
@@ -192,8 +210,25 @@ def settle_incoming(
     for kind in (state.CLAIMED, state.DONE):
         existing = state.folder(state_dir, kind, job_id)
         if existing.is_dir():
-            if kind == state.DONE and _published_by_another_version(outbox, new):
-                break  # a re-drop after a promotion or a rollback: segment it again
+            if kind == state.DONE and _needs_own_result(outbox, new):
+                log.info(
+                    "%s: same content as job %s, but no result of it from this model is "
+                    "published under this name; segmenting it again",
+                    shown(f"{folder}/{image}" if folder else image),
+                    job_id,
+                )
+                break
+            if kind == state.CLAIMED and outbox is not None:
+                holder = _destination(existing)
+                if holder is not None and holder != (new.folder, new.stem):
+                    log.info(
+                        "%s: same content as job %s, which is being segmented for %s; it waits "
+                        "for that job, then gets a result of its own",
+                        shown(f"{folder}/{image}" if folder else image),
+                        job_id,
+                        shown("/".join(filter(None, holder))),
+                    )
+                    return Twin(incoming, job_id, new)
             spare = existing / state.DUPLICATES / incoming.name.removeprefix(INCOMING_PREFIX)
             if not spare.parent.is_dir():
                 spare.parent.mkdir(parents=True, exist_ok=True)
@@ -211,12 +246,43 @@ def settle_incoming(
     return new
 
 
-def _published_by_another_version(outbox: Path | None, claim: state.Claim) -> bool:
-    """True when the claim's published result (outbox/<folder>/<stem>/) was made by a model
-    version other than the claim's."""
+def settle_twin(
+    state_dir: Path, twin: Twin, model_version: str, outbox: Path
+) -> state.Claim | Twin | None:
+    """Settle a Twin again once its holder left claimed/ (done, failed, or re-keyed to another
+    model version): claimed for a result of its own, a duplicate, or (its bytes claimed again
+    meanwhile for yet another name) a Twin that waits once more."""
+    made = twin.claim
+    return settle_incoming(
+        state_dir,
+        twin.incoming,
+        made.image,
+        made.mask,
+        model_version,
+        shas=(str(made.image_sha256), made.mask_sha256),
+        outbox=outbox,
+        folder=made.folder,
+    )
+
+
+def _destination(claim_dir: Path) -> tuple[str, str] | None:
+    """(inbox folder, stem) of the claim in `claim_dir`; None when unreadable."""
+    try:
+        made = state.read_claim(claim_dir)
+    except (OSError, ValueError, TypeError):
+        return None
+    return made.folder, made.stem
+
+
+def _needs_own_result(outbox: Path | None, claim: state.Claim) -> bool:
+    """True when the input of a done job, claimed again as `claim`, must be segmented again:
+    the outbox holds no result of it under the claim's own folder and stem (`outbox/<folder>/
+    <stem>/`, or `<stem>~N` after a collision), or one made by another model version."""
     if outbox is None:
         return False
     found = published.locate(outbox, claim.folder, claim.stem, claim.image_sha256)
+    if found is None:
+        return True
     version = published.model_version(found)
     return version is not None and version != claim.model_version
 
@@ -254,9 +320,12 @@ def _remove_if_empty(incoming: Path) -> None:
         )
 
 
-def recover_incoming(state_dir: Path, model_version: str) -> list[state.Claim]:
-    """Finish claims a crashed watcher left half-done in `claimed/.incoming-*`."""
-    recovered: list[state.Claim] = []
+def recover_incoming(
+    state_dir: Path, model_version: str, outbox: Path | None = None
+) -> list[state.Claim | Twin]:
+    """Finish claims a crashed or stopped watcher left in `claimed/.incoming-*` (half-done, or
+    twins that waited; `outbox`: see `claim`)."""
+    recovered: list[state.Claim | Twin] = []
     root = state_dir / state.CLAIMED
     if not root.is_dir():
         return recovered
@@ -282,18 +351,28 @@ def recover_incoming(state_dir: Path, model_version: str) -> list[state.Claim]:
                     files,
                 )
             continue
-        try:
-            folder = (incoming / FOLDER_HINT).read_text()
-        except FileNotFoundError:
-            folder = ""
         result = settle_incoming(
             state_dir,
             incoming,
             images[0],
             masks[0] if masks else None,
             model_version,
-            folder=folder,
+            outbox=outbox,
+            folder=_incoming_folder(incoming),
         )
         if result:
             recovered.append(result)
     return recovered
+
+
+def _incoming_folder(incoming: Path) -> str:
+    """The inbox folder of an incoming folder's input: its hint (written first), else its
+    claim.json (written once it was hashed: a twin that waited), else '' (the inbox)."""
+    try:
+        return (incoming / FOLDER_HINT).read_text()
+    except FileNotFoundError:
+        pass
+    try:
+        return state.read_claim(incoming).folder
+    except (OSError, ValueError, TypeError):
+        return ""

@@ -60,6 +60,7 @@ class Watcher(Supervised):
         self.beacon = Beacon(self.connection, self.cfg.heartbeat_ttl_s)
         self.stems = StemIndex(self.state_dir)
         self.waiting_masks: set[str] = set()  # masks said to be waiting (logged once each)
+        self.twins: dict[Path, claims.Twin] = {}  # inputs waiting for their twin's job
 
     def rescan(self) -> None:
         """List the inbox now (on start, every `watcher.rescan_interval_s`, after an observer death)."""
@@ -214,17 +215,46 @@ class Watcher(Supervised):
         except OSError as exc:
             log.error("could not claim %s: %s", shown(image_path), exc)
             return []
+        return self._settled(made)
+
+    def _settled(self, made: state.Claim | claims.Twin | None) -> list[state.Claim]:
+        """Record what claiming gave: a claim to enqueue, a twin to wait, or nothing."""
+        if isinstance(made, claims.Twin):
+            self.twins[made.incoming] = made
+            return []
         if made is None:
             return []
         self.stems.add(made)
         log.info(
             "claimed %s%s as job %s",
-            shown(f"{folder}/{made.image}" if folder else made.image),
+            shown(f"{made.folder}/{made.image}" if made.folder else made.image),
             f" + {shown(made.mask)}" if made.mask else "",
             made.job_id,
         )
         self.pending_enqueue[made.job_id] = made
         return [made]
+
+    def settle_twins(self) -> list[state.Claim]:
+        """Claim again each twin whose holder's job has left claimed/ (see claims.Twin)."""
+        made: list[state.Claim] = []
+        for incoming, twin in list(self.twins.items()):
+            if (self.state_dir / state.CLAIMED / twin.holder).is_dir():
+                continue
+            del self.twins[incoming]
+            version = registry.current_version(self.config.paths.models)
+            outbox = Path(self.config.paths.outbox)
+            try:
+                settled = claims.settle_twin(self.state_dir, twin, version, outbox)
+            except OSError as exc:
+                log.error(
+                    "could not claim %s: %s; it stays in %s for the watcher's next start",
+                    shown(twin.claim.image),
+                    exc,
+                    incoming,
+                )
+                continue
+            made += self._settled(settled)
+        return made
 
     # --- queue ----------------------------------------------------------------------------
     def enqueue_pending(self) -> None:
@@ -271,8 +301,10 @@ class Watcher(Supervised):
         for folder in (self.inbox, self.state_dir / state.CLAIMED):
             folder.mkdir(parents=True, exist_ok=True)
         model_version = registry.current_version(self.config.paths.models)
-        for made in claims.recover_incoming(self.state_dir, model_version):
-            self.pending_enqueue[made.job_id] = made
+        for made in claims.recover_incoming(
+            self.state_dir, model_version, Path(self.config.paths.outbox)
+        ):
+            self._settled(made)
         self._start_observer()
         self.rescan()
         self.reconcile()
@@ -290,6 +322,7 @@ class Watcher(Supervised):
                 self.rescan()
                 last_scan = now
             self.process()
+            self.settle_twins()
             self.enqueue_pending()
             if now - last_reconcile >= self.cfg.reconcile_interval_s:
                 self.reconcile()

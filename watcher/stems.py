@@ -22,6 +22,7 @@ class Entry:
     seq: int
     job_id: str
     image: str
+    within: str = ""  # where in the job folder: '' or `duplicates/<token>` (a re-run's claim)
 
 
 class StemIndex:
@@ -40,14 +41,12 @@ class StemIndex:
             for item in os.scandir(root):
                 if item.name.startswith("."):
                     continue
-                try:
-                    info = json.loads((Path(item.path) / state.CLAIM_FILE).read_text())
-                    entry = Entry(int(info["seq"]), item.name, str(info["image"]))
-                    key = (str(info.get("folder") or ""), str(info["stem"]))
-                except (OSError, ValueError, KeyError, TypeError):
-                    continue
-                if key not in entries or entry.seq > entries[key].seq:
-                    entries[key] = entry
+                for within in ["", *_duplicates(Path(item.path))]:
+                    found = _entry(Path(item.path), item.name, within)
+                    if found is not None:
+                        key, entry = found
+                        if key not in entries or entry.seq > entries[key].seq:
+                            entries[key] = entry
         self.entries = entries
         self.builds += 1
 
@@ -63,7 +62,7 @@ class StemIndex:
         if entry is None:
             return None
         for kind in (state.CLAIMED, state.DONE):
-            path = self.state_dir / kind / entry.job_id / entry.image
+            path = self.state_dir / kind / entry.job_id / entry.within / entry.image
             if os.path.lexists(path):
                 return path
         return None
@@ -81,3 +80,26 @@ class StemIndex:
             if found is None:
                 self.entries.pop(key, None)
         return found
+
+
+def _duplicates(job_dir: Path) -> list[str]:
+    """`duplicates/<token>` of each copy kept in a job folder: another claim of the same bytes
+    (a copy for another folder or name that was segmented again, or a plain duplicate)."""
+    try:
+        return [
+            f"{state.DUPLICATES}/{e.name}"
+            for e in os.scandir(job_dir / state.DUPLICATES)
+            if e.is_dir(follow_symlinks=False)
+        ]
+    except OSError:
+        return []
+
+
+def _entry(job_dir: Path, job_id: str, within: str) -> tuple[tuple[str, str], Entry] | None:
+    """((folder, stem), Entry) of the claim.json in `job_dir/within`; None when unreadable."""
+    try:
+        info = json.loads((job_dir / within / state.CLAIM_FILE).read_text())
+        entry = Entry(int(info["seq"]), job_id, str(info["image"]), within)
+        return (str(info.get("folder") or ""), str(info["stem"])), entry
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -140,6 +140,43 @@ def test_pictures_sharing_a_stem_keep_their_results_and_a_new_mask_replaces_its_
     )
 
 
+def test_one_picture_under_other_names_and_folders_gets_a_result_under_each(service):
+    """The outbox mirrors the inbox: one picture dropped at once as a.jpg, b.jpg and trip/a.jpg
+    gives outbox/a/, outbox/b/ and outbox/trip/a/ (one job id: the copies after the first wait
+    for its job, then are segmented again); a mask dropped later for trip/a.jpg pairs with that
+    copy; a.jpg dropped again where its result is is a duplicate and changes nothing."""
+    service.start("watch")
+    service.start("worker")
+    data = picture(70)
+    (service.inbox / "trip").mkdir()
+    for where in ("a.jpg", "b.jpg", "trip/a.jpg"):
+        (service.inbox / where).write_bytes(data)
+    service.wait_for(lambda: len(service.results()) == 3, timeout=240, what="three results")
+    results = service.results()
+    assert sorted(results) == ["a", "b", "trip/a"]
+    for where, manifest in results.items():
+        assert manifest["input"]["sha256"] == sha(data) and manifest["published_as"] == where
+        assert manifest["job_id"] == results["a"]["job_id"]
+    assert results["trip/a"]["input"]["folder"] == "trip"
+    assert service.log("watch").count("then gets a result of its own") == 2
+
+    region = np.zeros((96, 128), np.uint8)
+    region[:48] = 255
+    Image.fromarray(region).save(service.inbox / "trip" / "a.mask.png")
+    service.wait_for(
+        lambda: (service.results()["trip/a"].get("mask") or {}).get("name") == "a.mask.png",
+        what="trip/a segmented again with its mask",
+    )
+    (service.inbox / "a.jpg").write_bytes(data)
+    service.wait_for(
+        lambda: "not segmented again" in service.log("watch"), what="the re-drop filed"
+    )
+    after = service.results()
+    assert sorted(after) == ["a", "b", "trip/a"]
+    assert after["a"] == results["a"] and after["b"] == results["b"]
+    assert service.folders("failed") == [] and service.folders("claimed") == []
+
+
 def test_segd_retry_sends_an_input_an_older_segd_refused_through_again(service):
     """An input in state/failed/ that an older segd refused for its name (`café crème.jpg`) goes
     back into the inbox with `segd retry NAME` and gets its result; asking again is refused with

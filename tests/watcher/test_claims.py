@@ -85,8 +85,8 @@ def test_an_image_with_its_mask_moves_both_and_the_mask_bytes_are_in_the_job_id(
 
 
 def test_the_same_bytes_under_another_name_are_a_duplicate_kept_under_duplicates(inbox, state_dir):
-    """A second file with the same bytes returns None, leaves the first claim untouched and is
-    kept (not deleted) under claimed/<id>/duplicates/<token>/."""
+    """Without an outbox to look at, a second file with the same bytes returns None, leaves the
+    first claim untouched and is kept (not deleted) under claimed/<id>/duplicates/<token>/."""
     first = claims.claim(state_dir, drop(inbox, "a.jpg", IMAGE), None, "base")
     folder = state_dir / "claimed" / first.job_id
     claim_before = (folder / "claim.json").read_text()
@@ -131,6 +131,79 @@ def test_the_same_bytes_after_the_job_is_done_are_kept_under_done_duplicates(inb
     (token,) = os.listdir(done / "duplicates")
     assert (done / "duplicates" / token / "c.jpg").read_bytes() == IMAGE
     assert state.read_claim(done) == first
+
+
+def _publish(outbox: Path, where: str, made: state.Claim) -> None:
+    """A published result of claim `made` at `outbox/<where>/` (its manifest only)."""
+    (outbox / where).mkdir(parents=True)
+    manifest = {"input": {"sha256": made.image_sha256}, "model": {"model_version": "base"}}
+    (outbox / where / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_done_picture_dropped_under_another_name_or_folder_gets_its_own_result(
+    inbox, state_dir, tmp_path
+):
+    """The outbox mirrors the inbox: the bytes of a done job dropped again where its result is
+    published (same folder and name) are a duplicate; under another name, in another folder, or
+    after its result was deleted, they are claimed again (the same job id, their own folder and
+    stem), to be segmented for a result of their own."""
+    outbox = tmp_path / "outbox"
+    first = claims.claim(state_dir, drop(inbox, "a.jpg", IMAGE), None, "base", outbox=outbox)
+    state.finish(state_dir, first.job_id)
+    _publish(outbox, "a", first)
+
+    assert claims.claim(state_dir, drop(inbox, "a.jpg", IMAGE), None, "base", outbox=outbox) is None
+    assert visible(state_dir / "claimed") == []
+
+    renamed = claims.claim(state_dir, drop(inbox, "b.jpg", IMAGE), None, "base", outbox=outbox)
+    assert renamed is not None and (renamed.job_id, renamed.stem) == (first.job_id, "b")
+    assert renamed.seq > first.seq
+    assert state.read_claim(state_dir / "claimed" / first.job_id) == renamed
+    state.finish(state_dir, renamed.job_id)
+    _publish(outbox, "b", renamed)
+
+    (inbox / "trip").mkdir()
+    elsewhere = claims.claim(
+        state_dir, drop(inbox / "trip", "a.jpg", IMAGE), None, "base", outbox=outbox, folder="trip"
+    )
+    assert elsewhere is not None and (elsewhere.folder, elsewhere.stem) == ("trip", "a")
+    state.finish(state_dir, elsewhere.job_id)
+
+    (outbox / "a" / "manifest.json").unlink()  # a person deleted that result
+    (outbox / "a").rmdir()
+    again = claims.claim(state_dir, drop(inbox, "a.jpg", IMAGE), None, "base", outbox=outbox)
+    assert again is not None and again.stem == "a"
+
+
+def test_a_copy_for_another_name_waits_while_its_job_runs_then_is_claimed(
+    inbox, state_dir, tmp_path
+):
+    """The same bytes for another folder or name while their job is still claimed: a Twin that
+    waits, hashed, in its incoming folder (a copy for the same name is a plain duplicate). Once
+    the job is done it is claimed for a result of its own; a watcher restart meanwhile finds it
+    again, with its folder."""
+    outbox = tmp_path / "outbox"
+    first = claims.claim(state_dir, drop(inbox, "a.jpg", IMAGE), None, "base", outbox=outbox)
+    (inbox / "trip").mkdir()
+    twin = claims.claim(
+        state_dir, drop(inbox / "trip", "a.jpg", IMAGE), None, "base", outbox=outbox, folder="trip"
+    )
+    assert isinstance(twin, claims.Twin) and twin.holder == first.job_id
+    assert sorted(os.listdir(twin.incoming)) == ["a.jpg", "claim.json"]
+    assert claims.claim(state_dir, drop(inbox, "a.jpg", IMAGE), None, "base", outbox=outbox) is None
+    assert visible(inbox / "trip") == [] and visible(state_dir / "claimed") == [first.job_id]
+
+    # Still running: it waits again (as after a restart, which also finds its folder).
+    assert isinstance(claims.settle_twin(state_dir, twin, "base", outbox), claims.Twin)
+    (recovered,) = claims.recover_incoming(state_dir, "base", outbox)
+    assert isinstance(recovered, claims.Twin) and recovered.claim.folder == "trip"
+
+    state.finish(state_dir, first.job_id)
+    made = claims.settle_twin(state_dir, recovered, "base", outbox)
+    assert isinstance(made, state.Claim)
+    assert (made.job_id, made.folder, made.stem) == (first.job_id, "trip", "a")
+    assert state.read_claim(state_dir / "claimed" / first.job_id) == made
+    assert hidden(state_dir / "claimed") == []
 
 
 def test_a_different_model_version_makes_a_new_job_for_the_same_bytes(inbox, state_dir):

@@ -65,3 +65,24 @@ def test_stems_of_different_inbox_folders_are_kept_apart(tmp_path):
     assert index.latest("x") == state_dir / "claimed" / top.job_id / "x.jpg"
     assert index.latest("x", "visit") == state_dir / "claimed" / nested.job_id / "x.jpg"
     assert index.latest("x", "other") is None
+
+
+def test_a_copy_segmented_again_for_another_name_is_found_in_its_jobs_duplicates(tmp_path):
+    """The same bytes claimed again for another name after their job was done end, once done,
+    under that job's duplicates/: the index finds that copy's image (for a mask that comes
+    later), both when fed by the claim and after a rebuild (a watcher restart)."""
+    inbox, state_dir, outbox = tmp_path / "inbox", tmp_path / "state", tmp_path / "outbox"
+    inbox.mkdir()
+    first = _claim(inbox, state_dir, "a.jpg", b"same")
+    state.finish(state_dir, first.job_id)
+    (inbox / "b.jpg").write_bytes(b"same")
+    again = claims.claim(state_dir, inbox / "b.jpg", None, "base", outbox=outbox)
+    assert isinstance(again, state.Claim) and again.job_id == first.job_id
+    index = StemIndex(state_dir)
+    index.add(again)
+    assert index.latest("b") == state_dir / "claimed" / first.job_id / "b.jpg"
+    landed = state.finish(state_dir, again.job_id)
+    assert landed.parent.name == state.DUPLICATES
+    assert index.latest("b") == landed / "b.jpg"
+    assert StemIndex(state_dir).latest("b") == landed / "b.jpg"
+    assert StemIndex(state_dir).latest("a") == state_dir / "done" / first.job_id / "a.jpg"
