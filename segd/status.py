@@ -23,6 +23,7 @@ from common.diskspace import low_space
 from common.liveness import INFO_KEY, live_workers, read_info, worker_alive
 from common.names import shown
 from common.waiting import waiting_masks
+from watcher.claims import INCOMING_PREFIX
 
 HOUR_S = 3600
 
@@ -69,9 +70,7 @@ def collect(config: Config, failures: int = 5) -> dict:
         },
         "waiting": {
             "inbox": _waiting_in_inbox(Path(config.paths.inbox)),
-            "claimed": sum(
-                1 for e in _scan(state_dir / state.CLAIMED) if not e.name.startswith(".")
-            ),
+            "claimed": _claimed_count(state_dir),
         },
         "waiting_masks": waiting_masks(Path(config.paths.inbox), now),
         "latest_failures": [],
@@ -174,6 +173,18 @@ def _scan(folder: Path):
         yield from os.scandir(folder)
     except FileNotFoundError:
         return
+
+
+def _claimed_count(state_dir: Path) -> int:
+    """Claims waiting or running: claimed/<job id>/, and copies of a picture waiting for its
+    job before they are claimed for another name (hashed: their claim.json is written)."""
+    count = 0
+    for entry in _scan(state_dir / state.CLAIMED):
+        if not entry.name.startswith("."):
+            count += 1
+        elif entry.name.startswith(INCOMING_PREFIX):
+            count += os.path.isfile(os.path.join(entry.path, state.CLAIM_FILE))
+    return count
 
 
 def _waiting_in_inbox(inbox: Path) -> int:

@@ -121,3 +121,27 @@ def test_waiting_in_the_inbox_counts_files_and_folders_holding_files_only(tmp_pa
         },
     )
     assert collect(config)["waiting"]["inbox"] == 2
+
+
+def test_claimed_counts_copies_waiting_for_their_pictures_job(tmp_path):
+    """A job folder in claimed/ and a copy of a picture waiting for that job (its claim.json
+    written) count as claimed; a claim half-way in (no claim.json yet) and other hidden entries
+    do not."""
+    from common.config import load_config
+    from segd.status import collect
+
+    claimed = tmp_path / "state" / "claimed"
+    for name, with_claim in (("a" * 32, True), (".incoming-1", True), (".incoming-2", False)):
+        (claimed / name).mkdir(parents=True)
+        if with_claim:
+            (claimed / name / "claim.json").write_text("{}")
+    (claimed / ".claim.json.tmp-1").write_text("{}")
+    config = load_config(
+        None,
+        environ={
+            "SEGD_PATHS__INBOX": str(tmp_path / "inbox"),
+            "SEGD_PATHS__STATE": str(tmp_path / "state"),
+            "SEGD_REDIS__URL": f"unix://{tmp_path}/no-redis.sock",
+        },
+    )
+    assert collect(config)["waiting"]["claimed"] == 2
