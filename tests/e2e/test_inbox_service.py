@@ -143,14 +143,22 @@ def test_pictures_sharing_a_stem_keep_their_results_and_a_new_mask_replaces_its_
 def test_one_picture_under_other_names_and_folders_gets_a_result_under_each(service):
     """The outbox mirrors the inbox: one picture dropped at once as a.jpg, b.jpg and trip/a.jpg
     gives outbox/a/, outbox/b/ and outbox/trip/a/ (one job id: the copies after the first wait
-    for its job, then are segmented again); a mask dropped later for trip/a.jpg pairs with that
+    for its job, counted as claimed by `segd status`, then are segmented again); a mask dropped later for trip/a.jpg pairs with that
     copy; a.jpg dropped again where its result is is a duplicate and changes nothing."""
     service.start("watch")
-    service.start("worker")
     data = picture(70)
     (service.inbox / "trip").mkdir()
     for where in ("a.jpg", "b.jpg", "trip/a.jpg"):
         (service.inbox / where).write_bytes(data)
+    # No worker yet: the first copy's job stays claimed and the other two wait for it.
+    service.wait_for(
+        lambda: service.log("watch").count("then gets a result of its own") == 2,
+        what="two copies waiting",
+    )
+    assert len(service.folders("claimed")) == 1 and list(service.inbox.rglob("*.jpg")) == []
+    status = json.loads(service.segd("status", "--json").stdout)
+    assert status["waiting"]["claimed"] == 3
+    service.start("worker")
     service.wait_for(lambda: len(service.results()) == 3, timeout=240, what="three results")
     results = service.results()
     assert sorted(results) == ["a", "b", "trip/a"]
