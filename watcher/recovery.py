@@ -2,9 +2,12 @@
 have killed their workers too often.
 
 A claim needs a job when Redis has none for it (lost, flushed or replaced Redis), when its job
-ended without moving the claim (failed, stopped, canceled: e.g. RQ's abandoned-job handling), or
+ended without moving the claim (failed, stopped, canceled: e.g. RQ's abandoned-job handling),
 when its job is STARTED by a worker whose heartbeat has expired (the worker died, on any host: its
-job is detected within `worker.heartbeat_ttl_s` plus one reconcile interval). A death counts
+job is detected within `worker.heartbeat_ttl_s` plus one reconcile interval), or when its job is
+QUEUED but in no queue at two reconciles in a row (`Listing`): a worker took it from the queue
+and died before it registered it as started (RQ pops a job, then registers it; a SIGKILL in
+between leaves it nowhere, and nothing in RQ ever runs it). A death counts
 against the input (common.attempts): one the worker died on more than `worker.retries` times goes
 to state/failed/ instead.
 """
@@ -28,9 +31,47 @@ log = logging.getLogger("segd.watcher")
 ENDED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
 
-def needs_job(connection, config: Config, made: state.Claim) -> bool:
+class Listing:
+    """The job ids in the image and video queues, read once per reconcile (`refresh`), and the
+    QUEUED jobs found in none of them: `lost` is True for a job missing at this reconcile and
+    the one before (a worker that takes a job registers it within milliseconds)."""
+
+    NAMES = (queues.SEGMENT_QUEUE, queues.VIDEO_QUEUE)
+
+    def __init__(self) -> None:
+        self.listed: set[str] = set()
+        self.missing: set[str] = set()  # QUEUED, in no queue, at the last reconcile
+        self._missing_now: set[str] = set()
+
+    def refresh(self, connection) -> None:
+        """Read the queues now (at the start of a reconcile). RedisError propagates."""
+        self.missing, self._missing_now = self._missing_now, set()
+        self.listed = {
+            raw.decode() if isinstance(raw, bytes) else str(raw)
+            for name in self.NAMES
+            for raw in connection.lrange(queues.queue(name, connection).key, 0, -1)
+        }
+
+    def lost(self, connection, job: Job) -> bool:
+        """True when QUEUED `job` is in no queue for the second reconcile running; it is then
+        taken out of RQ's intermediate lists too, so RQ's maintenance does not fail it later."""
+        if job.id in self.listed:
+            return False
+        self._missing_now.add(job.id)
+        if job.id not in self.missing:
+            return False
+        for name in self.NAMES:
+            connection.lrem(queues.queue(name, connection).intermediate_queue_key, 0, job.id)
+        return True
+
+
+def needs_job(
+    connection, config: Config, made: state.Claim, listing: Listing | None = None
+) -> bool:
     """True when claim `made` must be enqueued (again); False when its job is queued or running
-    on a live worker, or when it was just failed for killing its workers. RedisError propagates."""
+    on a live worker, or when it was just failed for killing its workers. `listing`: the queues
+    as read at this reconcile (None: a QUEUED job is taken to be in its queue). RedisError
+    propagates."""
     job, status = None, None
     # A re-keyed claim runs under the RQ job of the id it was claimed as, then under its own.
     for rq_id in dict.fromkeys(filter(None, (made.run_as, made.job_id))):
@@ -48,6 +89,13 @@ def needs_job(connection, config: Config, made: state.Claim) -> bool:
             return False
         log.warning("worker %s died during job %s (its heartbeat expired)", worker, made.job_id)
         StartedJobRegistry(job.origin, connection=connection).remove_executions(job)
+    elif status == JobStatus.QUEUED and job is not None and listing is not None:
+        if not listing.lost(connection, job):
+            return False
+        log.warning(
+            "job %s was taken from its queue by a worker that died before it started it",
+            made.job_id,
+        )
     elif status is not None and status not in ENDED:
         return False
     if job is not None:

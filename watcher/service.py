@@ -61,6 +61,7 @@ class Watcher(Supervised):
         self.stems = StemIndex(self.state_dir)
         self.waiting_masks: set[str] = set()  # masks said to be waiting (logged once each)
         self.twins: dict[Path, claims.Twin] = {}  # inputs waiting for their twin's job
+        self.listing = recovery.Listing()  # the queues as read at each reconcile
 
     def rescan(self) -> None:
         """List the inbox now (on start, every `watcher.rescan_interval_s`, after an observer death)."""
@@ -275,6 +276,10 @@ class Watcher(Supervised):
         if not root.is_dir():
             return 0
         count = 0
+        try:
+            self.listing.refresh(self.connection)
+        except RedisError:
+            return count
         for entry in os.scandir(root):
             if entry.name.startswith(".") or not state.JOB_ID_PATTERN.fullmatch(entry.name):
                 continue
@@ -285,7 +290,7 @@ class Watcher(Supervised):
             if made.job_id != entry.name and recovery.finish_rekey(Path(entry.path), made) is None:
                 continue
             try:
-                if not recovery.needs_job(self.connection, self.config, made):
+                if not recovery.needs_job(self.connection, self.config, made, self.listing):
                     continue
             except RedisError:
                 return count

@@ -99,3 +99,38 @@ def test_files_moved_into_a_frame_folder_do_not_make_the_folder_busy(watcher, tm
         made = watcher.process()
         time.sleep(0.05)
     assert [(m.image, m.folder) for m in made] == [("clip", "")]
+
+
+def test_a_job_a_dead_worker_took_from_its_queue_before_starting_it_is_enqueued_again(watcher):
+    """RQ pops a job from its queue (BLPOP for a worker of several queues, LMOVE into an
+    intermediate list for a worker of one), then registers it as started: a worker SIGKILLed in
+    between leaves the job QUEUED in no queue, and RQ never runs it. The reconcile after the one
+    that first finds it missing enqueues it again (the first may catch a worker starting it);
+    a job in its queue is left alone."""
+    from rq.job import Job, JobStatus
+
+    from common import queues
+
+    (watcher.inbox / "a.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    watcher.rescan()
+    watcher.seen["a.jpg"].since -= 60  # long unchanged: complete
+    (made,) = watcher.process()
+    watcher.enqueue_pending()
+    queue = queues.queue("segment", watcher.connection)
+    assert queue.job_ids == [made.job_id]
+    assert watcher.reconcile() == 0 and watcher.reconcile() == 0
+
+    for take in (
+        lambda: watcher.connection.lpop(queue.key),
+        lambda: watcher.connection.lmove(queue.key, queue.intermediate_queue_key),
+    ):
+        take()  # a worker's dequeue, and nothing after: it died
+        job = Job.fetch(
+            made.job_id, connection=watcher.connection, serializer=queues.JSONSerializer
+        )
+        assert job.get_status() == JobStatus.QUEUED and queue.job_ids == []
+        assert watcher.reconcile() == 0
+        assert watcher.reconcile() == 1
+        assert queue.job_ids == [made.job_id]
+        assert watcher.connection.llen(queue.intermediate_queue_key) == 0
+        assert watcher.reconcile() == 0
