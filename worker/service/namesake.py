@@ -100,13 +100,16 @@ def requeue(connection, config: Config, job_id: str, why: str) -> None:
     claim_dir = state.folder(config.paths.state, state.CLAIMED, job_id)
     if not claim_dir.is_dir():
         return
-    claim = state.read_claim(claim_dir)
+    try:
+        claim: state.Claim | None = state.read_claim(claim_dir)
+    except (OSError, ValueError, TypeError):
+        claim = None  # failed below all the same; enqueuing it would say why
     reason = attempts.fail_if_exhausted(config.paths.state, job_id, config.worker.retries)
     if reason is not None:
         log.error("%s; failed it: %s", why, reason)
         # No run of it comes again to remove what the dead one was writing: do it here.
-        parent = published.mirrored(Path(config.paths.outbox), claim.folder)
-        if parent is not None:
+        parent = published.mirrored(Path(config.paths.outbox), claim.folder) if claim else None
+        if claim is not None and parent is not None:
             placement.remove_dead_temps(parent, claim.seq)
         return
     queues.enqueue_claim(connection, state.read_claim(claim_dir), config)
