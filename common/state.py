@@ -122,11 +122,14 @@ def _make_dirs(path: Path) -> None:
 def finish(state_dir: str | os.PathLike, job_id: str, model_version: str | None = None) -> Path:
     """The job's result is published: move its claim to `done/` and record there when it ended
     (`ended.json`: `ended_at`, and the model version that ran), which `segd status` counts by."""
-    landed = _move_dir(folder(state_dir, CLAIMED, job_id), folder(state_dir, DONE, job_id))
+    target = folder(state_dir, DONE, job_id)
+    landed = _move_dir(folder(state_dir, CLAIMED, job_id), target)
     replace_json(
         landed / ENDED_FILE,
         {"job_id": job_id, "ended_at": now_iso(), "model_version": model_version},
     )
+    if landed != target:  # a re-run, under done/<id>/duplicates/: `segd status` looks by mtime
+        os.utime(target)
     return landed
 
 

@@ -40,16 +40,21 @@ def _ended_since(done_root: Path, since: float) -> int:
     """Done jobs that ended at or after `since` (unix time), by their `ended.json`. A rename keeps
     a folder's mtime (the claim time) and a duplicate drop refreshes it, so the mtime only rules
     folders out (writing ended.json at the end sets it: a folder untouched since `since` cannot
-    have ended later); jobs that ended before segd wrote ended.json are not counted."""
+    have ended later); jobs that ended before segd wrote ended.json are not counted. Re-runs of a
+    done job (the same picture for another name, or after a new model) end under its
+    `duplicates/` and count too."""
     count = 0
     for entry in _recent(done_root, since):
-        ended = state.read_ended(Path(entry.path))
-        try:
-            at = dt.datetime.fromisoformat(ended["ended_at"]).timestamp() if ended else None
-        except (KeyError, TypeError, ValueError):
-            at = None
-        if at is not None and at >= since:
-            count += 1
+        runs = [Path(entry.path)]
+        runs += [Path(e.path) for e in _recent(Path(entry.path) / state.DUPLICATES, since)]
+        for run in runs:
+            ended = state.read_ended(run)
+            try:
+                at = dt.datetime.fromisoformat(ended["ended_at"]).timestamp() if ended else None
+            except (KeyError, TypeError, ValueError):
+                at = None
+            if at is not None and at >= since:
+                count += 1
     return count
 
 

@@ -99,6 +99,16 @@ def test_done_in_the_last_hour_counts_jobs_by_when_they_ended(tmp_path):
     assert done.stat().st_mtime > two_hours_ago + 3600  # the drop refreshed the folder's mtime
     assert _done_last_hour(tmp_path, state_dir, inbox) == 1
 
+    # The same picture for another name, segmented again: its run ends under the job's
+    # duplicates/ (an old folder whose duplicates/ exists already) and counts.
+    os.utime(done, (two_hours_ago, two_hours_ago))
+    (inbox / "again.jpg").write_bytes(b"ended long ago")
+    rerun = claims.claim(state_dir, inbox / "again.jpg", None, "base", outbox=tmp_path / "out")
+    assert rerun is not None and rerun.job_id == early.job_id
+    landed = state.finish(state_dir, rerun.job_id, model_version="base")
+    assert landed.parent == done / state.DUPLICATES
+    assert _done_last_hour(tmp_path, state_dir, inbox) == 2
+
 
 def test_waiting_in_the_inbox_counts_files_and_folders_holding_files_only(tmp_path):
     """A file and a folder with a file in a subfolder wait; a batch folder whose files were all
