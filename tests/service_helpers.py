@@ -3,12 +3,15 @@ and `segd watch` / `segd worker` as subprocesses with a random-weights tiny mode
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import TINY
@@ -225,3 +228,28 @@ def end_up(proc: subprocess.Popen, timeout: float = 120) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+@contextlib.contextmanager
+def partial_results(outbox: Path, every_s: float = 0.002) -> Iterator[list[str]]:
+    """For the block, a thread looks at `outbox` every `every_s` as a reader would: the list it
+    yields gets the name of every visible folder seen without its manifest.json (half a result;
+    it stays empty while publication is atomic)."""
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def look() -> None:
+        while not stop.is_set():
+            for entry in outbox.iterdir():
+                if not entry.name.startswith(".") and not (entry / "manifest.json").exists():
+                    if entry.exists():
+                        seen.append(entry.name)
+            time.sleep(every_s)
+
+    monitor = threading.Thread(target=look)
+    monitor.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        monitor.join()

@@ -18,7 +18,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from common import attempts, published, registry, state
+from common import attempts, registry, state
 from common.config import Config, load_config
 from common.errors import BadInput, SegdError
 from common.names import shown
@@ -159,8 +159,7 @@ def _dead_writes(cfg: Config) -> Callable[[state.Claim], None]:
     they were writing (hidden temp folders in the outbox, up to a whole video's frames)."""
 
     def remove(claim: state.Claim) -> None:
-        parent = published.mirrored(Path(cfg.paths.outbox), claim.folder)
-        removed = placement.remove_dead_temps(parent, claim.seq) if parent is not None else []
+        removed = placement.remove_dead_temps(Path(cfg.paths.outbox), claim.folder, claim.seq)
         if removed:
             log.info(
                 "%s: removed %d half-written result folder(s) of a run that died (%s)",

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
-from tests.service_helpers import Service, picture
+from tests.service_helpers import Service, partial_results, picture
 from worker.image.outputs import RESULT_FILES
 
 
@@ -48,20 +47,7 @@ def test_a_worker_killed_while_writing_one_result_and_prefetching_the_next_loses
     service.env["SEGD_SAMPLING__MODE"] = "random"
     service.env["SEGD_WORKER__PREFETCH"] = "true"
     count = 6  # enough queued inputs for a few tries at killing mid-write
-    partial_seen: list[str] = []
-    stop = threading.Event()
-
-    def watch_outbox():
-        while not stop.is_set():
-            for entry in service.outbox.iterdir():
-                if not entry.name.startswith(".") and not (entry / "manifest.json").exists():
-                    if entry.exists():
-                        partial_seen.append(entry.name)
-            time.sleep(0.002)
-
-    monitor = threading.Thread(target=watch_outbox)
-    monitor.start()
-    try:
+    with partial_results(service.outbox, every_s=0.002) as partial_seen:
         service.start("watch")
         worker = service.start("worker")
         for i in range(count):
@@ -74,9 +60,6 @@ def test_a_worker_killed_while_writing_one_result_and_prefetching_the_next_loses
             timeout=600,
             what="every input done after the restart",
         )
-    finally:
-        stop.set()
-        monitor.join()
     assert partial_seen == []
     done = [p.name for p in service.folders("done")]
     assert len(done) == len(set(done)) == count

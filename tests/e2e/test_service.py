@@ -20,7 +20,7 @@ import cv2
 from PIL import Image
 
 from common import jobids
-from tests.service_helpers import end_up, picture, sha, start_up, write_slowly
+from tests.service_helpers import end_up, partial_results, picture, sha, start_up, write_slowly
 from tests.worker.models.test_checkpoints import closed_port, server  # noqa: F401 (fixtures)
 
 # --- the four kinds of writers -------------------------------------------------------------------
@@ -150,20 +150,7 @@ def test_a_worker_killed_mid_job_completes_the_job_once_after_a_restart(service,
     service.env["SEGD_SAMPLING__MODE"] = "random"
     service.env["SEGD_SAMPLING__POINTS"] = "400"  # a job of a few seconds
     service.env["SEGD_MODEL__DECODER_BATCH"] = "2"
-    partial_seen: list[str] = []
-    stop = threading.Event()
-
-    def watch_outbox():
-        while not stop.is_set():
-            for entry in service.outbox.iterdir():
-                if not entry.name.startswith(".") and not (entry / "manifest.json").exists():
-                    if entry.exists():
-                        partial_seen.append(entry.name)
-            time.sleep(0.005)
-
-    monitor = threading.Thread(target=watch_outbox)
-    monitor.start()
-    try:
+    with partial_results(service.outbox, every_s=0.005) as partial_seen:
         service.start("watch")
         worker = service.start("worker")
         (service.inbox / "big.jpg").write_bytes(picture(7, size=(600, 800)))
@@ -184,9 +171,6 @@ def test_a_worker_killed_mid_job_completes_the_job_once_after_a_restart(service,
         service.wait_for(
             lambda: len(service.folders("done")) == 1, what="the job after the restart"
         )
-    finally:
-        stop.set()
-        monitor.join()
     assert partial_seen == []
     assert list(service.results()) == ["big"]
     assert service.folders("claimed") == [] and service.folders("failed") == []

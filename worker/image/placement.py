@@ -33,7 +33,7 @@ from pathlib import Path
 
 from common.durable import fsync_dir
 from common.names import relative_parts, shown
-from common.published import candidates
+from common.published import candidates, mirrored
 from common.published import read_manifest as _manifest
 
 log = logging.getLogger("segd.worker")
@@ -88,11 +88,15 @@ def temp_folder(final: Path, claim_seq: int | None = None) -> Path:
     )
 
 
-def remove_dead_temps(parent: Path, claim_seq: int) -> list[str]:
-    """Remove the temp folders that earlier runs of claim `claim_seq` left in `parent` (their
-    worker died while writing the result: a SIGKILL, the OOM killer, a power cut). Call it only
-    where no other run of that claim can be live: at the start of the claim's own job, after a
-    death was counted. Returns the names removed (one listing of `parent`)."""
+def remove_dead_temps(out_root: Path, folder: str, claim_seq: int) -> list[str]:
+    """Remove the temp folders that earlier runs of claim `claim_seq` (from inbox folder
+    `folder`) left in its mirrored outbox folder: their worker died while writing the result (a
+    SIGKILL, the OOM killer, a power cut). Call it only where no other run of that claim can be
+    live: at the start of the claim's own job after a death was counted, or when the claim is
+    failed for its deaths. Returns the names removed (one listing of that folder)."""
+    parent = mirrored(out_root, folder)
+    if parent is None:
+        return []
     prefix = f"{TMP_PREFIX}{int(claim_seq)}-"
     try:
         entries = [e for e in os.scandir(parent) if e.name.startswith(prefix)]

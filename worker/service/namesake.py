@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from common import attempts, liveness, published, queues, state
+from common import attempts, liveness, queues, state
 from common.config import Config
 from common.errors import SegdError
 from worker.image import placement
@@ -107,12 +107,10 @@ def requeue(connection, config: Config, job_id: str, why: str) -> None:
     reason = attempts.fail_if_exhausted(config.paths.state, job_id, config.worker.retries)
     if reason is not None:
         log.error("%s; failed it: %s", why, reason)
-        # No run of it comes again to remove what the dead one was writing: do it here.
-        parent = published.mirrored(Path(config.paths.outbox), claim.folder) if claim else None
-        if claim is not None and parent is not None:
-            placement.remove_dead_temps(parent, claim.seq)
+        if claim is not None:  # no run of it comes again to remove what the dead one wrote
+            placement.remove_dead_temps(Path(config.paths.outbox), claim.folder, claim.seq)
         return
-    queues.enqueue_claim(connection, state.read_claim(claim_dir), config)
+    queues.enqueue_claim(connection, claim or state.read_claim(claim_dir), config)
     log.warning(
         "%s; enqueued it again (%d deaths so far, at most %d)",
         why,
