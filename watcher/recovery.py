@@ -32,29 +32,33 @@ ENDED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANC
 
 
 class Listing:
-    """The job ids in the image and video queues, read once per reconcile (`refresh`), and the
-    QUEUED jobs found in none of them: `lost` is True for a job missing at this reconcile and
-    the one before (a worker that takes a job registers it within milliseconds)."""
+    """The job ids in the image and video queues, read at most once per reconcile (when the
+    first QUEUED job is looked at), and the QUEUED jobs found in none of them: `lost` is True for
+    a job missing at this reconcile and the one before (a worker that takes a job registers it
+    within milliseconds)."""
 
     NAMES = (queues.SEGMENT_QUEUE, queues.VIDEO_QUEUE)
 
     def __init__(self) -> None:
-        self.listed: set[str] = set()
+        self.listed: set[str] | None = None  # None: not read at this reconcile yet
         self.missing: set[str] = set()  # QUEUED, in no queue, at the last reconcile
         self._missing_now: set[str] = set()
 
-    def refresh(self, connection) -> None:
-        """Read the queues now (at the start of a reconcile). RedisError propagates."""
+    def refresh(self) -> None:
+        """A new reconcile starts: the queues are read again when needed."""
         self.missing, self._missing_now = self._missing_now, set()
-        self.listed = {
-            raw.decode() if isinstance(raw, bytes) else str(raw)
-            for name in self.NAMES
-            for raw in connection.lrange(queues.queue(name, connection).key, 0, -1)
-        }
+        self.listed = None
 
     def lost(self, connection, job: Job) -> bool:
         """True when QUEUED `job` is in no queue for the second reconcile running; it is then
-        taken out of RQ's intermediate lists too, so RQ's maintenance does not fail it later."""
+        taken out of RQ's intermediate lists too, so RQ's maintenance does not fail it later.
+        RedisError propagates."""
+        if self.listed is None:
+            self.listed = {
+                raw.decode() if isinstance(raw, bytes) else str(raw)
+                for name in self.NAMES
+                for raw in connection.lrange(queues.queue(name, connection).key, 0, -1)
+            }
         if job.id in self.listed:
             return False
         self._missing_now.add(job.id)

@@ -276,10 +276,7 @@ class Watcher(Supervised):
         if not root.is_dir():
             return 0
         count = 0
-        try:
-            self.listing.refresh(self.connection)
-        except RedisError:
-            return count
+        self.listing.refresh()
         for entry in os.scandir(root):
             if entry.name.startswith(".") or not state.JOB_ID_PATTERN.fullmatch(entry.name):
                 continue
